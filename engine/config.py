@@ -1,0 +1,522 @@
+"""Typed configuration: recipe TOML -> frozen dataclasses, with `--set dotted.key=value` overrides.
+
+Precedence is `--set` > TOML > dataclass defaults (torchtitan's ConfigManager). Every field carries a docstring
+directly under it; `field_docs()` reads them back from this file's source so that `segadapt train --help` prints
+them. Unknown keys and wrong types raise `ConfigError` naming the file, the dotted key, the expected type and the
+nearest valid key. The method section is the one polymorphic place: its dataclass is chosen by `method.name`.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import sys
+import typing
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+# Caffe-era DeepLab mean, BGR order (AdaptSegNet/AdvSemiSeg IMG_MEAN); images are not divided by a std.
+BGR_MEAN = (104.00698793, 116.66876762, 122.67891434)
+
+_frozen = dataclass(kw_only=True, slots=True, frozen=True)
+
+
+class ConfigError(ValueError):
+    """A recipe or override that does not fit the dataclasses; the message names file, key and expectation."""
+
+
+# --------------------------------------------------------------------------------------------------------- model
+@_frozen
+class Model:
+    name: str = "deeplabv2"
+    """Segmenter architecture: "deeplabv2" (DeepLab-v2, AdaptSegNet/AdvSemiSeg) or "toy" (two-layer test net)."""
+    backbone: str = "resnet101"
+    """ResNet depth: "resnet18", "resnet34", "resnet50" or "resnet101" (the official one)."""
+    width: int = 64
+    """Channels of the ResNet stem; 64 is the official network, the demo uses a narrow one to train on CPU."""
+    num_classes: int = 19
+    """Output classes: 19 Cityscapes trainIds, 21 for VOC."""
+    multi_level: bool = True
+    """Also predict from layer3 (the conv4 'aux' head), as DeeplabMulti does."""
+    aspp_rates: tuple[int, ...] = (6, 12, 18, 24)
+    """Dilation rates of the ASPP classifier branches."""
+    aspp_sum_first_two_only: bool = True
+    """Official quirk: Classifier_Module.forward returns inside its loop, so only the first two branches are summed."""
+    pretrained: str = ""
+    """Weights to start from: an official snapshot, the ImageNet+COCO init (`Scale.` keys) or torchvision ResNet."""
+    channels_last: bool = True
+    """Run the segmenter in channels-last memory format."""
+    compile: str = "auto"
+    """torch.compile the segmenter: "auto" (on for CUDA), "on" or "off"."""
+
+
+# ---------------------------------------------------------------------------------------------------------- data
+@_frozen
+class Stream:
+    dataset: str = ""
+    """Dataset format: "gta5", "cityscapes", "synthia", "voc", or "" when the method does not use this stream."""
+    root: str = ""
+    """Dataset root directory in its published layout."""
+    split: str = "train"
+    """Split of the dataset: "train" or "val" (Cityscapes, VOC); GTA5 and SYNTHIA use every image for "train"."""
+    list_file: str = ""
+    """Optional file of image ids, one per line (U2PL split format); empty means the whole split."""
+    batch_size: int = 1
+    """Images per step on this stream (per process)."""
+    resize: tuple[int, int] = (0, 0)
+    """(W, H) the whole image is resized to first (bicubic image, nearest label); (0, 0) keeps the native size."""
+    scale_range: tuple[float, float] = (1.0, 1.0)
+    """Random scale factor range applied after `resize`; (1, 1) disables it."""
+    crop: tuple[int, int] = (0, 0)
+    """(W, H) random crop (padded with ignore where the image is smaller); (0, 0) disables cropping."""
+    flip: bool = False
+    """Random horizontal flip, shared by image and label."""
+
+
+@_frozen
+class Synthshift:
+    generate: bool = False
+    """Generate the synthshift dataset into `out` before training when it is missing."""
+    out: str = "runs/data/synthshift"
+    """Directory the generated GTA5-layout and Cityscapes-layout trees are written to."""
+    count: int = 200
+    """Images per domain (the target domain is split 3:1 into train and val)."""
+    size: tuple[int, int] = (256, 128)
+    """(W, H) of the generated images."""
+    seed: int = 0
+    """Generator seed; the same seed writes byte-identical files."""
+
+
+@_frozen
+class Data:
+    loader: str = "auto"
+    """Input pipeline: "auto" (DALI when it imports), "dali", "torch" or "synthetic" (benchmarks)."""
+    num_workers: int = 2
+    """Worker processes (torch) or threads (DALI) per stream."""
+    prefetch: int = 2
+    """Batches prepared ahead of the training step, per stream."""
+    channel_order: str = "bgr"
+    """Channel order fed to the network: "bgr" (Caffe-era DeepLab weights) or "rgb" (torchvision weights)."""
+    mean: tuple[float, float, float] = BGR_MEAN
+    """Per-channel mean subtracted from 0..255 pixels, in `channel_order`."""
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """Per-channel std the centred pixels are divided by; (1, 1, 1) is the official DeepLab-v2 protocol."""
+    source: Stream = field(default_factory=Stream)
+    """Labelled source-domain stream (domain adaptation)."""
+    target: Stream = field(default_factory=Stream)
+    """Unlabelled target-domain stream (domain adaptation); labels are read but only the oracle uses them."""
+    labeled: Stream = field(default_factory=Stream)
+    """Labelled stream (semi-supervised)."""
+    unlabeled: Stream = field(default_factory=Stream)
+    """Unlabelled stream (semi-supervised)."""
+    val: Stream = field(default_factory=Stream)
+    """Validation stream used by periodic and final evaluation."""
+    synthshift: Synthshift = field(default_factory=Synthshift)
+    """On-the-fly synthshift generation (demo and tests)."""
+
+
+# ------------------------------------------------------------------------------------------------------- methods
+@_frozen
+class SourceOnly:
+    name: str = "sourceonly"
+    """Method name; selects this section's fields."""
+    lambda_seg: float = 0.1
+    """Weight of the aux (conv4) segmentation loss; 0 disables the aux head's loss."""
+
+
+@_frozen
+class Supervised:
+    name: str = "supervised"
+    """Method name: trains on a labelled stream only (the oracle when that stream is the target domain)."""
+    stream: str = "target"
+    """Which labelled stream to train on: "target", "labeled" or "source"."""
+    lambda_seg: float = 0.1
+    """Weight of the aux (conv4) segmentation loss."""
+
+
+@_frozen
+class AdaptSegNet:
+    name: str = "adaptsegnet"
+    """Method name; selects this section's fields."""
+    lambda_seg: float = 0.1
+    """Aux (conv4) segmentation loss weight, LAMBDA_SEG."""
+    lambda_adv_target1: float = 0.0002
+    """Adversarial weight of the conv4 discriminator, LAMBDA_ADV_TARGET1 (0 = single-level)."""
+    lambda_adv_target2: float = 0.001
+    """Adversarial weight of the conv5 discriminator, LAMBDA_ADV_TARGET2."""
+    gan: str = "vanilla"
+    """GAN objective: "vanilla" (BCE with logits) or "ls" (least squares, MSE)."""
+    d_lr: float = 1e-4
+    """Discriminator Adam learning rate, LEARNING_RATE_D."""
+    d_betas: tuple[float, float] = (0.9, 0.99)
+    """Discriminator Adam betas."""
+    d_upsample_output: bool = False
+    """False: BCE on the discriminator's 1/32 map (official code); True: upsample it to input size (paper)."""
+    source_label: int = 0
+    """Domain label of source predictions."""
+    target_label: int = 1
+    """Domain label of target predictions."""
+
+
+METHOD_SECTIONS: dict[str, type] = {
+    "sourceonly": SourceOnly,
+    "supervised": Supervised,
+    "adaptsegnet": AdaptSegNet,
+}
+MethodSection = SourceOnly | Supervised | AdaptSegNet
+
+
+# -------------------------------------------------------------------------------------------- optim and schedule
+@_frozen
+class Optim:
+    name: str = "sgd"
+    """Segmenter optimizer: "sgd" or "adam"."""
+    lr: float = 2.5e-4
+    """Base learning rate of the backbone."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam betas."""
+    weight_decay: float = 5e-4
+    """L2 weight decay."""
+    head_lr_mult: float = 10.0
+    """Learning-rate multiplier of the classifier heads (official: 10x)."""
+    fused: str = "auto"
+    """Fused optimizer kernels: "auto" (where the device has them), "on" or "off"."""
+
+
+@_frozen
+class Schedule:
+    policy: str = "poly"
+    """Learning-rate policy: "poly" (lr * (1 - step/total_steps) ** power) or "constant"."""
+    power: float = 0.9
+    """Exponent of the poly policy."""
+    total_steps: int = 250000
+    """Horizon of the poly decay, NUM_STEPS."""
+    stop_step: int = 150000
+    """Training stops here, NUM_STEPS_STOP (official AdaptSegNet stops at 150k of a 250k schedule)."""
+
+
+# ---------------------------------------------------------------------------------------------------------- train
+@_frozen
+class Train:
+    run_dir: str = "runs/{recipe}"
+    """Output directory; "{recipe}" and "{method}" are substituted."""
+    device: str = "auto"
+    """"auto" (CUDA when present), "cuda", "cuda:N" or "cpu"."""
+    precision: str = "auto"
+    """"auto" (bf16 where supported, fp16 + GradScaler on older GPUs, fp32 on CPU), "bf16", "fp16" or "fp32"."""
+    seed: int = 1234
+    """Seed of every random stream (model init, data order, augmentation)."""
+    iter_size: int = 1
+    """Gradient accumulation micro-steps per optimizer step."""
+    log_every: int = 10
+    """Steps between log lines; the only steps on which losses are read from the device."""
+    eval_every: int = 5000
+    """Steps between evaluations on the val stream (0 = only at the end)."""
+    checkpoint_every: int = 5000
+    """Steps between checkpoints (official: a snapshot every 5000)."""
+    progress: bool = True
+    """Show a progress bar with rate and ETA."""
+    tensorboard: bool = True
+    """Also write TensorBoard event files next to metrics.jsonl."""
+    compare_methods: tuple[str, ...] = ()
+    """Baselines trained with the same recipe afterwards and tabulated next to this method (the demo uses it)."""
+
+
+# ----------------------------------------------------------------------------------------------------------- eval
+@_frozen
+class Eval:
+    input_size: tuple[int, int] = (1024, 512)
+    """(W, H) images are resized to before whole-image inference; (0, 0) keeps the native size."""
+    align_corners: bool = True
+    """align_corners when upsampling logits to label size (official AdaptSegNet numbers need True on torch >= 0.4)."""
+    mode: str = "whole"
+    """"whole" image inference or "slide" (sliding window, as U2PL's eval.sh)."""
+    crop: tuple[int, int] = (769, 769)
+    """(W, H) window of sliding-window inference."""
+    stride_ratio: float = 2.0 / 3.0
+    """Window stride as a fraction of the window size, for sliding-window inference."""
+    class_subset: str = "all"
+    """Classes averaged into mIoU: "all", "synthia16" or "synthia13"."""
+    batch_size: int = 1
+    """Images per evaluation forward."""
+    save_predictions: int = 4
+    """How many colourised prediction PNGs to write per evaluation."""
+    max_images: int = 0
+    """Evaluate at most this many images (0 = all)."""
+
+
+@_frozen
+class Export:
+    opset: int = 17
+    """ONNX opset (>= 17)."""
+    output: str = "label"
+    """Exported output: "label" (argmax map at input size), "upsampled" logits or "logits" at stride 8."""
+    dynamic: bool = False
+    """Dynamic batch and image size in the exported graph."""
+
+
+# ---------------------------------------------------------------------------------------------------------- root
+@_frozen
+class Config:
+    model: Model = field(default_factory=Model)
+    """The segmenter."""
+    data: Data = field(default_factory=Data)
+    """Input streams and their pipelines."""
+    method: MethodSection = field(default_factory=SourceOnly)
+    """The training method; its fields depend on `method.name`."""
+    optim: Optim = field(default_factory=Optim)
+    """The segmenter's optimizer."""
+    schedule: Schedule = field(default_factory=Schedule)
+    """Learning-rate schedule and stopping step."""
+    train: Train = field(default_factory=Train)
+    """The training loop."""
+    eval: Eval = field(default_factory=Eval)
+    """Evaluation protocol."""
+    export: Export = field(default_factory=Export)
+    """ONNX / TensorRT export."""
+    recipe: str = ""
+    """Name of the recipe this config came from (set by the loader)."""
+
+
+# ------------------------------------------------------------------------------------------------------- loading
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _nearest(key: str, options: list[str]) -> str:
+    match = difflib.get_close_matches(key, options, n=1, cutoff=0.0)
+    return match[0] if match else ""
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against annotation `tp`; convert lists to tuples and ints to floats where declared."""
+    origin = typing.get_origin(tp)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected float, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp in (int, bool, str):
+        if type(value) is not tp:
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} values ({_type_name(tp)}), got {len(value)}: {value!r}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    raise ConfigError(f"{where}: unsupported field type {_type_name(tp)}")  # internal: a field type we never declare
+
+
+def _build(cls: type, data: dict[str, Any], path: str, source: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: [{path or 'root'}] must be a table, got {type(data).__name__}")
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{path}.{key}" if path else key
+        if key not in names:
+            near = _nearest(key, names)
+            prefix = f"{path}." if path else ""
+            raise ConfigError(
+                f"{source}: unknown key '{dotted}' (did you mean '{prefix}{near}'?); "
+                f"valid keys of [{path or 'root'}]: {', '.join(names)}. Run `segadapt train --help` for every field."
+            )
+        tp = hints[key]
+        if path == "" and key == "method":
+            kwargs[key] = _build_method(value, source)
+        elif dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, dotted, source)
+        else:
+            kwargs[key] = _coerce(value, tp, f"{source}: key '{dotted}'")
+    return cls(**kwargs)
+
+
+def _build_method(data: Any, source: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: [method] must be a table, got {type(data).__name__}")
+    name = data.get("name", "sourceonly")
+    if name not in METHOD_SECTIONS:
+        near = _nearest(str(name), list(METHOD_SECTIONS))
+        raise ConfigError(
+            f"{source}: key 'method.name' = {name!r} is not a method (did you mean {near!r}?); "
+            f"known methods: {', '.join(sorted(METHOD_SECTIONS))}"
+        )
+    return _build(METHOD_SECTIONS[name], data, "method", source)
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{part}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse `key=value`; the value is read as TOML (`3`, `1e-4`, `true`, `[1, 2]`, `"x"`), else as a bare string."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected dotted.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {text!r}: empty key")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key, value
+
+
+def load_dict(tree: dict[str, Any], source: str, overrides: list[str] = (), recipe: str = "") -> Config:
+    """Build a Config from a parsed TOML tree plus `--set` overrides."""
+    tree = _deep_copy(tree)
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    if recipe and "recipe" not in tree:
+        tree["recipe"] = recipe
+    where = source if not overrides else f"{source} (with --set {' '.join(overrides)})"
+    return _build(Config, tree, "", where)
+
+
+def _deep_copy(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {k: _deep_copy(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_deep_copy(v) for v in tree]
+    return tree
+
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def resolve_recipe(name_or_path: str) -> Path:
+    """A recipe name (`demo`, the stem of recipes/demo.toml) or a path to a TOML file."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"recipe file {path} does not exist")
+        return path
+    candidate = RECIPES_DIR / f"{name_or_path}.toml"
+    if not candidate.is_file():
+        names = recipe_names()
+        near = _nearest(name_or_path, names)
+        raise ConfigError(f"unknown recipe {name_or_path!r} (did you mean {near!r}?); recipes: {', '.join(names)}")
+    return candidate
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))
+
+
+def load(name_or_path: str, overrides: list[str] = ()) -> Config:
+    """Load a recipe by name or path and apply `--set` overrides."""
+    path = resolve_recipe(name_or_path)
+    try:
+        tree = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from error
+    return load_dict(tree, str(path), overrides, recipe=path.stem)
+
+
+def replace(cfg: Any, **changes: Any) -> Any:
+    """`dataclasses.replace` with dotted keys: replace(cfg, **{"train.seed": 3})."""
+    nested: dict[str, dict[str, Any]] = {}
+    flat: dict[str, Any] = {}
+    for key, value in changes.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            flat[key] = value
+    for head, sub in nested.items():
+        flat[head] = replace(getattr(cfg, head), **sub)
+    return dataclasses.replace(cfg, **flat)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain dict (lists for tuples) that `load_dict` turns back into the same Config."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out[f.name] = to_dict(value)
+        elif isinstance(value, tuple):
+            out[f.name] = list(value)
+        else:
+            out[f.name] = value
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------- field docs
+def field_docs() -> dict[str, str]:
+    """Map `Class.field` to the docstring written under the field in this file."""
+    tree = ast.parse(inspect.getsource(sys.modules[__name__]))
+    docs: dict[str, str] = {}
+    for node in tree.body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        body = node.body
+        for first, second in zip(body, body[1:]):
+            if (
+                isinstance(first, ast.AnnAssign)
+                and isinstance(first.target, ast.Name)
+                and isinstance(second, ast.Expr)
+                and isinstance(second.value, ast.Constant)
+                and isinstance(second.value.value, str)
+            ):
+                docs[f"{node.name}.{first.target.id}"] = " ".join(second.value.value.split())
+    return docs
+
+
+def describe_fields() -> str:
+    """Every config field as `dotted.key (type, default): doc`, for --help."""
+    docs = field_docs()
+    lines: list[str] = []
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = _hints(cls)
+        for f in dataclasses.fields(cls):
+            dotted = f"{prefix}{f.name}"
+            tp = hints[f.name]
+            if prefix == "" and f.name == "method":
+                for name, section in METHOD_SECTIONS.items():
+                    lines.append(f"\n[method] when method.name = {name!r}")
+                    walk(section, "method.")
+                continue
+            if dataclasses.is_dataclass(tp):
+                lines.append(f"\n[{dotted}] {docs.get(f'{cls.__name__}.{f.name}', '')}")
+                walk(tp, dotted + ".")
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"  {dotted} ({_type_name(tp)}, default {default!r}): {docs.get(f'{cls.__name__}.{f.name}', '')}")
+
+    walk(Config, "")
+    return "\n".join(lines).lstrip("\n")
+
+
