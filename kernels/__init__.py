@@ -5,7 +5,28 @@
 """
 
 from kernels._dispatch import use_triton
+from kernels.entropy_percentile import entropy_percentile
+from kernels.entropy_percentile import entropy_percentile_ref
+from kernels.memory_queue import MemoryQueue
+from kernels.memory_queue import memory_queue_enqueue
+from kernels.memory_queue import memory_queue_enqueue_ref
+from kernels.memory_queue import u2pl_lengths
+from kernels.pseudo_label import one_hot_labels
+from kernels.pseudo_label import one_hot_labels_ref
+from kernels.pseudo_label import pseudo_label
+from kernels.pseudo_label import pseudo_label_ref
+from kernels.upsample_bce import upsample_bce
+from kernels.upsample_bce import upsample_bce_ref
+from kernels.upsample_cross_entropy import upsample_cross_entropy
+from kernels.upsample_cross_entropy import upsample_cross_entropy_ref
 
-__all__ = ["OPS", "use_triton"]
+OPS: dict[str, tuple] = {
+    "entropy_percentile": (entropy_percentile_ref, entropy_percentile),
+    "pseudo_label": (pseudo_label_ref, pseudo_label),
+    "one_hot_labels": (one_hot_labels_ref, one_hot_labels),
+    "memory_queue_enqueue": (memory_queue_enqueue_ref, memory_queue_enqueue),
+    "upsample_bce": (upsample_bce_ref, upsample_bce),
+    "upsample_cross_entropy": (upsample_cross_entropy_ref, upsample_cross_entropy),
+}
 
-OPS: dict[str, tuple] = {}
+__all__ = ["OPS", "MemoryQueue", "u2pl_lengths", "use_triton", *OPS]

@@ -1,0 +1,4 @@
+"""Benchmarks: kernels (ops against their references), later loader and training throughput.
+
+Run `python -m bench kernels|report ...`; results land in bench/results/ as one JSON per device.
+"""

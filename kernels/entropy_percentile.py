@@ -1,0 +1,310 @@
+"""Per-pixel softmax entropy and its percentile threshold: U2PL's reliable / unreliable pixel split.
+
+entropy[n, h, w] = -sum_c p_c log p_c with p = softmax(logits[n, :, h, w]) computed in fp32 (clamped at 0, since
+rounding can make it a hair negative when one class holds all the mass). threshold = numpy.percentile(entropy[~ignore],
+percentile) with numpy's default "linear" rule: rank = percentile / 100 * (n_valid - 1), then a linear interpolation
+between the floor(rank)-th and the next order statistic (rank and interpolation in float64, the result rounded to
+fp32). U2PL (`compute_unsupervised_loss`) drops pixels whose entropy is >= that threshold, so:
+
+    unreliable = ~ignore & (entropy >= threshold)      reliable = ~ignore & (entropy < threshold)
+
+When every pixel is ignored there is no percentile; the threshold is then +inf, so no pixel is unreliable (and none is
+reliable, being ignored): U2PL's masks stay well defined and no NaN reaches a loss or a log.
+
+Shapes and dtypes: logits (N, C, H, W) float32/bfloat16/float16, NCHW-contiguous or channels-last; ignore (N, H, W)
+bool; percentile a float in [0, 100] or a 0-d tensor (clamped to [0, 100] on the device) -> entropy (N, H, W) float32,
+threshold 0-d float32, reliable and unreliable (N, H, W) bool. Used by U2PL (unsupervised loss and the contrastive
+anchor / negative split). No gradient: the inputs are the EMA teacher's logits.
+
+Triton path, with no host synchronisation and no sort: kernel 1 reads the N*C*H*W logits once and writes N*H*W*4
+bytes of entropy; the percentile is a radix select over the fp32 bit patterns (entropy >= 0, so the int32 bits order
+like the floats): 4 passes of 8 bits, each reading the entropy bits and the ignore mask (N*H*W*5 bytes) and building
+256-bin histograms of the candidates under the current prefix for both order statistics at once; a one-program
+kernel then picks each bin from the running cumulative count. The last kernel reads entropy and ignore once more and
+writes the two masks (N*H*W*2 bytes). Every intermediate (ranks, prefixes, histograms) stays a device tensor.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from kernels._dispatch import use_triton
+
+__all__ = ["entropy_percentile", "entropy_percentile_ref"]
+
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _ranks(num_valid: Tensor, percentile: float | Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """numpy's linear-percentile ranks on the device: (lo, hi) int64 order-statistic indices and float64 weight."""
+    if isinstance(percentile, Tensor):
+        percentile = percentile.to(device=num_valid.device, dtype=torch.float64).clamp(0.0, 100.0)
+    last = (num_valid - 1).clamp_min(0).to(torch.float64)
+    rank = percentile / 100.0 * last
+    lo = rank.floor().to(torch.int64)
+    hi = torch.minimum(lo + 1, (num_valid - 1).clamp_min(0))
+    return lo, hi, rank - lo.to(torch.float64)
+
+
+def _interpolate(low: Tensor, high: Tensor, frac: Tensor, num_valid: Tensor) -> Tensor:
+    """low + (high - low) * frac in float64, rounded to a 0-d float32; +inf when there is no valid pixel."""
+    low, high = low.to(torch.float64), high.to(torch.float64)
+    value = low + (high - low) * frac
+    return torch.where(num_valid > 0, value, torch.full_like(value, float("inf"))).to(torch.float32).reshape(())
+
+
+def _check_percentile(percentile: float | Tensor) -> None:
+    if isinstance(percentile, Tensor):
+        if percentile.dim() != 0:
+            raise ValueError(f"percentile: expected a float or a 0-d tensor, got shape {tuple(percentile.shape)}")
+        return
+    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)):
+        raise TypeError(f"percentile: expected a float in [0, 100] or a 0-d tensor, got {type(percentile).__name__}")
+    if not 0.0 <= float(percentile) <= 100.0:
+        raise ValueError(f"percentile: expected a value in [0, 100], got {percentile}")
+
+
+def entropy_percentile_ref(
+    logits: Tensor, ignore: Tensor, percentile: float | Tensor, upcast: bool = True
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Specification: entropy by log-softmax, percentile by a full sort (ignored pixels sorted last as +inf).
+
+    Args:
+        logits: (N, C, H, W) teacher logits.
+        ignore: (N, H, W) bool, True where the pixel takes no part (padding, ignore label).
+        percentile: in [0, 100]; a float or a 0-d tensor.
+        upcast: compute in fp32 (the specification); False computes in the logits' dtype (three-way test baseline).
+
+    Returns:
+        entropy (N, H, W) float32, threshold 0-d float32, reliable (N, H, W) bool, unreliable (N, H, W) bool.
+    """
+    _check_percentile(percentile)
+    x = logits.float() if upcast else logits
+    log_prob = torch.log_softmax(x, dim=1)
+    entropy = (-(log_prob.exp() * log_prob).sum(dim=1)).float().clamp_min(0.0)
+    valid = ~ignore
+    num_valid = valid.sum()
+    ordered = torch.where(valid, entropy, torch.full_like(entropy, float("inf"))).flatten().sort().values
+    lo, hi, frac = _ranks(num_valid, percentile)
+    threshold = _interpolate(ordered.gather(0, lo.view(1)), ordered.gather(0, hi.view(1)), frac, num_valid)
+    return entropy, threshold, valid & (entropy < threshold), valid & (entropy >= threshold)
+
+
+def _entropy_configs() -> list[triton.Config]:
+    if os.environ.get("TRITON_INTERPRET") == "1" or os.environ.get("SEGADAPT_AUTOTUNE") == "0":
+        return [triton.Config({"BLOCK_P": 64}, num_warps=4)]
+    return [triton.Config({"BLOCK_P": block}, num_warps=warps) for block, warps in ((64, 2), (128, 4), (256, 8))]
+
+
+@triton.autotune(configs=_entropy_configs(), key=["C"])
+@triton.jit
+def _entropy_fwd_kernel(
+    logits_ptr,
+    entropy_ptr,
+    num_pixels,
+    stride_n,
+    stride_c,
+    stride_p,
+    C: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+):
+    n = tl.cast(tl.program_id(1), tl.int64)
+    offs_p = tl.cast(tl.program_id(0), tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = tl.arange(0, BLOCK_C)
+    mask_p = offs_p < num_pixels
+    mask = (offs_c[:, None] < C) & mask_p[None, :]
+    ptrs = logits_ptr + n * stride_n + offs_c[:, None] * stride_c + offs_p[None, :] * stride_p
+    x = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    # Padded classes get -inf (no mass); padded pixels keep finite zeros so that they compute NaN-free garbage.
+    mask_c = offs_c[:, None] < C
+    x = tl.where(mask_c, x, -float("inf"))
+    shifted = tl.where(mask_c, x - tl.max(x, axis=0)[None, :], 0.0)
+    e = tl.where(mask_c, tl.exp(shifted), 0.0)
+    total = tl.sum(e, axis=0)
+    # H = log S - sum(e * (x - m)) / S: one exp per element, no separate log-softmax tensor.
+    entropy = tl.log(total) - tl.sum(e * shifted, axis=0) / total
+    tl.store(entropy_ptr + n * num_pixels + offs_p, tl.maximum(entropy, 0.0), mask=mask_p)
+
+
+@triton.jit
+def _radix_histogram_kernel(
+    keys_ptr,
+    ignore_ptr,
+    state_ptr,
+    hist_ptr,
+    num_pixels,
+    total,
+    stride_ignore_n,
+    stride_ignore_p,
+    HIGH_MASK: tl.constexpr,
+    SHIFT: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    offs = tl.cast(tl.program_id(0), tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    in_range = offs < total
+    # The & drops the sign bit so that -0.0 counts as 0.0; entropies are otherwise >= 0.
+    keys = tl.load(keys_ptr + offs, mask=in_range, other=0).to(tl.int64) & 0x7FFFFFFF
+    n = offs // num_pixels
+    ignored = tl.load(
+        ignore_ptr + n * stride_ignore_n + (offs - n * num_pixels) * stride_ignore_p, mask=in_range, other=1
+    )
+    valid = in_range & (ignored == 0)
+    bins = ((keys >> SHIFT) & 255).to(tl.int32)
+    for s in tl.static_range(2):
+        prefix = tl.load(state_ptr + s)
+        match = valid & ((keys & HIGH_MASK) == prefix)
+        # Per-block histogram then 256 atomics: far less contention than one atomic per pixel.
+        counts = tl.histogram(bins, 256, mask=match)
+        tl.atomic_add(hist_ptr + s * 256 + tl.arange(0, 256), counts.to(tl.int64))
+
+
+@triton.jit
+def _radix_select_step_kernel(hist_ptr, state_ptr, SHIFT: tl.constexpr):
+    bins = tl.arange(0, 256)
+    for s in tl.static_range(2):
+        counts = tl.load(hist_ptr + s * 256 + bins)
+        k = tl.load(state_ptr + 2 + s)
+        chosen = tl.minimum(tl.sum((tl.cumsum(counts, 0) <= k).to(tl.int64), axis=0), 255)
+        below = tl.sum(tl.where(bins < chosen, counts, 0), axis=0)
+        tl.store(state_ptr + 2 + s, k - below)
+        tl.store(state_ptr + s, tl.load(state_ptr + s) | (chosen << SHIFT))
+
+
+@triton.jit
+def _split_kernel(
+    entropy_ptr,
+    ignore_ptr,
+    threshold_ptr,
+    reliable_ptr,
+    unreliable_ptr,
+    num_pixels,
+    total,
+    stride_ignore_n,
+    stride_ignore_p,
+    BLOCK: tl.constexpr,
+):
+    offs = tl.cast(tl.program_id(0), tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    in_range = offs < total
+    n = offs // num_pixels
+    ignored = tl.load(
+        ignore_ptr + n * stride_ignore_n + (offs - n * num_pixels) * stride_ignore_p, mask=in_range, other=1
+    )
+    entropy = tl.load(entropy_ptr + offs, mask=in_range, other=0.0)
+    threshold = tl.load(threshold_ptr)
+    valid = ignored == 0
+    tl.store(reliable_ptr + offs, (valid & (entropy < threshold)).to(tl.uint8), mask=in_range)
+    tl.store(unreliable_ptr + offs, (valid & (entropy >= threshold)).to(tl.uint8), mask=in_range)
+
+
+def _check_inputs(logits: Tensor, ignore: Tensor) -> None:
+    if not isinstance(logits, Tensor) or not isinstance(ignore, Tensor):
+        raise TypeError("logits and ignore: expected torch.Tensor")
+    if logits.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"logits: expected float32/bfloat16/float16, got {logits.dtype}")
+    if logits.dim() != 4:
+        raise ValueError(f"logits: expected rank 4 (N, C, H, W), got shape {tuple(logits.shape)}")
+    if logits.numel() == 0:
+        raise ValueError(f"logits: expected a non-empty tensor, got shape {tuple(logits.shape)}")
+    if logits.stride(2) != logits.shape[3] * logits.stride(3):
+        raise ValueError(
+            f"logits: H and W must merge into one pixel index (stride(2) == W * stride(3)), as in NCHW-contiguous "
+            f"or channels-last layouts; got strides {logits.stride()}"
+        )
+    if ignore.dtype != torch.bool:
+        raise TypeError(f"ignore: expected torch.bool, got {ignore.dtype}")
+    expected = (logits.shape[0], logits.shape[2], logits.shape[3])
+    if tuple(ignore.shape) != expected:
+        raise ValueError(f"ignore: expected shape {expected} (N, H, W) matching logits, got {tuple(ignore.shape)}")
+    if ignore.device != logits.device:
+        raise ValueError(f"ignore: expected device {logits.device} (the logits' device), got {ignore.device}")
+    if ignore.stride(1) != ignore.shape[2] * ignore.stride(2):
+        raise ValueError(f"ignore: H and W must merge into one pixel index, got strides {ignore.stride()}")
+
+
+def _radix_select_pair(keys: Tensor, ignore: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
+    """Bit patterns (int32) of the lo-th and hi-th smallest valid keys, by a 4 x 8-bit radix select on device."""
+    batch, height, width = ignore.shape
+    num_pixels, total, block = height * width, keys.numel(), 1024
+    state = torch.stack([torch.zeros_like(lo), torch.zeros_like(lo), lo, hi])  # prefix_lo, prefix_hi, k_lo, k_hi
+    hist = torch.zeros(4, 2, 256, dtype=torch.int64, device=keys.device)
+    ignore_bytes = ignore.view(torch.uint8)
+    for index, shift in enumerate((24, 16, 8, 0)):
+        high_mask = (0xFFFFFFFF << (shift + 8)) & 0x7FFFFFFF
+        _radix_histogram_kernel[(triton.cdiv(total, block),)](
+            keys, ignore_bytes, state, hist[index], num_pixels, total, ignore.stride(0), ignore.stride(2),
+            HIGH_MASK=high_mask, SHIFT=shift, BLOCK=block,
+        )  # fmt: skip
+        _radix_select_step_kernel[(1,)](hist[index], state, SHIFT=shift)
+    return state[0].to(torch.int32), state[1].to(torch.int32)
+
+
+def _entropy_percentile_fwd(
+    logits: Tensor, ignore: Tensor, percentile: float | Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    _check_inputs(logits, ignore)
+    _check_percentile(percentile)
+    batch, channels, height, width = logits.shape
+    num_pixels = height * width
+    entropy = torch.empty((batch, height, width), dtype=torch.float32, device=logits.device)
+    grid = lambda meta: (triton.cdiv(num_pixels, meta["BLOCK_P"]), batch)
+    _entropy_fwd_kernel[grid](
+        logits, entropy, num_pixels, logits.stride(0), logits.stride(1), logits.stride(3),
+        C=channels, BLOCK_C=triton.next_power_of_2(channels),
+    )  # fmt: skip
+    num_valid = (~ignore).sum()
+    lo, hi, frac = _ranks(num_valid, percentile)
+    bits_lo, bits_hi = _radix_select_pair(entropy.view(torch.int32), ignore, lo, hi)
+    threshold = _interpolate(bits_lo.view(torch.float32), bits_hi.view(torch.float32), frac, num_valid)
+    reliable = torch.empty_like(entropy, dtype=torch.bool)
+    unreliable = torch.empty_like(entropy, dtype=torch.bool)
+    total, block = entropy.numel(), 1024
+    _split_kernel[(triton.cdiv(total, block),)](
+        entropy, ignore.view(torch.uint8), threshold, reliable.view(torch.uint8), unreliable.view(torch.uint8),
+        num_pixels, total, ignore.stride(0), ignore.stride(2), BLOCK=block,
+    )  # fmt: skip
+    return entropy, threshold, reliable, unreliable
+
+
+def entropy_percentile(
+    logits: Tensor, ignore: Tensor, percentile: float | Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Softmax entropy per pixel, its percentile over the non-ignored pixels, and U2PL's reliable/unreliable split.
+
+    No gradient flows (teacher outputs). Under torch.compile the launcher traces as plain torch ops plus
+    user-defined Triton kernels (no autograd.Function, no data-dependent shapes, no host reads), so no custom_op
+    registration is needed. The radix-select kernels accumulate with atomics and are deliberately not autotuned: an
+    autotuner would need a reset_to_zero hook, which traced user-defined kernels may not honour (unverified here).
+
+    Args:
+        logits: (N, C, H, W) float32/bfloat16/float16, NCHW-contiguous or channels-last.
+        ignore: (N, H, W) bool, True for pixels left out of the percentile and of both masks.
+        percentile: in [0, 100] (U2PL's drop_percent); a 0-d tensor is clamped to [0, 100] on the device.
+
+    Returns:
+        entropy (N, H, W) float32; threshold 0-d float32 (+inf when every pixel is ignored);
+        reliable = ~ignore & (entropy < threshold) and unreliable = ~ignore & (entropy >= threshold), (N, H, W) bool.
+    """
+    if not use_triton(logits, ignore):
+        _check_inputs(logits, ignore)
+        return entropy_percentile_ref(logits, ignore, percentile)
+    return _entropy_percentile_fwd(logits, ignore, percentile)
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 19, 9, 13)
+    ignore = torch.rand(2, 9, 13) < 0.2
+    entropy, threshold, reliable, unreliable = entropy_percentile(logits, ignore, 80.0)
+    _, want, _, _ = entropy_percentile_ref(logits, ignore, 80.0)
+    print(f"threshold {threshold.tolist():.6f} (reference {want.tolist():.6f}); reliable {int(reliable.sum())}, "
+          f"unreliable {int(unreliable.sum())}, ignored {int(ignore.sum())}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""upsample_cross_entropy: Triton (interpreter on CPU) against upsample_cross_entropy_ref, loss and logits.grad."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kernels.upsample_cross_entropy as module
+from kernels.upsample_cross_entropy import upsample_cross_entropy
+from kernels.upsample_cross_entropy import upsample_cross_entropy_ref
+
+# (N, C, h, w, H, W): logit size -> label size.
+SHAPES = [
+    (2, 19, 5, 9, 33, 65),  # odd full-res sizes, non-integer scale, C = 19 (Cityscapes)
+    (2, 21, 4, 8, 32, 64),  # exact stride-8 upsampling, C = 21 (VOC)
+    (1, 19, 1, 1, 1, 1),  # 1x1 -> 1x1
+    (1, 21, 1, 1, 7, 5),  # a single source pixel spread over the whole label map
+    (1, 19, 9, 17, 9, 17),  # same size: bilinear is the identity
+    (2, 19, 12, 20, 5, 9),  # downsampling (no antialias), odd sizes
+]
+FORMATS = [torch.contiguous_format, torch.channels_last]
+
+
+def _name(shape):
+    return "x".join(map(str, shape))
+
+
+def _make(shape, memory_format, dtype=torch.float32, ignore_fraction=0.2):
+    batch, classes, height, width, out_h, out_w = shape
+    logits = torch.randn(batch, classes, height, width).to(dtype=dtype, memory_format=memory_format)
+    labels = torch.randint(0, classes, (batch, out_h, out_w))
+    labels[torch.rand(labels.shape) < ignore_fraction] = 255
+    return logits, labels
+
+
+def _loss_and_grad(fn, logits, labels, **kwargs):
+    leaf = logits.detach().clone().requires_grad_(True)
+    loss = fn(leaf, labels, **kwargs)
+    loss.backward()
+    return loss.detach(), leaf.grad
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=_name)
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_matches_reference_fp32(shape, memory_format, align_corners, reduction):
+    logits, labels = _make(shape, memory_format)
+    kwargs = {"align_corners": align_corners, "reduction": reduction}
+    loss, grad = _loss_and_grad(upsample_cross_entropy, logits, labels, **kwargs)
+    want_loss, want_grad = _loss_and_grad(upsample_cross_entropy_ref, logits, labels, **kwargs)
+    assert loss.dtype == torch.float32 and loss.dim() == 0
+    torch.testing.assert_close(loss, want_loss, atol=1e-5, rtol=1e-5, msg=lambda m: f"[loss] {m}")
+    torch.testing.assert_close(grad, want_grad, atol=1e-6, rtol=1e-4, msg=lambda m: f"[logits.grad] {m}")
+    assert grad.dtype == logits.dtype
+    assert grad.is_contiguous(memory_format=memory_format), "[logits.grad] layout differs from logits"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_three_way_low_precision(dtype, memory_format, align_corners):
+    """|triton - ref(upcast)| <= 2 |ref(no upcast) - ref(upcast)| + atol, for the loss and the gradient."""
+    logits, labels = _make(SHAPES[0], memory_format, dtype=dtype)
+    loss, grad = _loss_and_grad(upsample_cross_entropy, logits, labels, align_corners=align_corners)
+    want_loss, want_grad = _loss_and_grad(upsample_cross_entropy_ref, logits, labels, align_corners=align_corners)
+    base_loss, base_grad = _loss_and_grad(
+        upsample_cross_entropy_ref, logits, labels, align_corners=align_corners, upcast=False
+    )
+    for label, got, want, base, atol in [
+        ("loss", loss, want_loss, base_loss, 1e-4),
+        ("logits.grad", grad.float(), want_grad.float(), base_grad.float(), 1e-6),
+    ]:
+        error = (got - want).abs().max().item()
+        bound = 2 * (base - want).abs().max().item() + atol
+        assert error <= bound, f"[{label}] {dtype}: error {error:.3g} > bound {bound:.3g}"
+    assert grad.dtype == dtype
+
+
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_all_ignored_is_zero_with_zero_grad(memory_format, reduction):
+    """A batch with no valid pixel: loss 0 and gradient 0 (plain F.cross_entropy's mean would be NaN)."""
+    logits, labels = _make(SHAPES[0], memory_format)
+    labels.fill_(255)
+    for fn in (upsample_cross_entropy, upsample_cross_entropy_ref):
+        loss, grad = _loss_and_grad(fn, logits, labels, align_corners=False, reduction=reduction)
+        assert loss.item() == 0.0, f"[loss] {fn.__name__}: {loss.item()}"
+        assert torch.count_nonzero(grad).item() == 0, f"[logits.grad] {fn.__name__} is not zero"
+    upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear")
+    assert math.isnan(F.cross_entropy(upsampled, labels, ignore_index=255).item())
+
+
+def test_hand_computed_single_source_pixel():
+    """1x1 logits upsample to a constant map: loss = logsumexp(x) - x[label] for every valid pixel."""
+    logits = torch.tensor([1.0, 2.0, 0.5]).reshape(1, 3, 1, 1)
+    labels = torch.tensor([[[0, 2], [255, 1]]])
+    lse = math.log(math.exp(1.0) + math.exp(2.0) + math.exp(0.5))
+    want_sum = (lse - 1.0) + (lse - 0.5) + (lse - 2.0)
+    got_sum = upsample_cross_entropy(logits, labels, align_corners=True, reduction="sum")
+    got_mean = upsample_cross_entropy(logits, labels, align_corners=False)
+    assert got_sum.item() == pytest.approx(want_sum, rel=1e-6)
+    assert got_mean.item() == pytest.approx(want_sum / 3, rel=1e-6)
+
+
+def test_strided_labels_and_no_grad_path():
+    """Labels that are a strided view are read through their strides; no-grad calls skip the lse store."""
+    logits, labels = _make(SHAPES[0], torch.channels_last)
+    wide = torch.randint(0, 19, (2, 33, 130))
+    view = wide[:, :, ::2]
+    with torch.no_grad():
+        got = upsample_cross_entropy(logits, view, align_corners=True)
+    want = upsample_cross_entropy_ref(logits, view.contiguous(), align_corners=True)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=lambda m: f"[loss] {m}")
+
+
+def test_torch_env_forces_reference(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("Triton path taken although SEGADAPT_KERNELS=torch")
+
+    monkeypatch.setattr(module, "_fwd_op", fail)
+    monkeypatch.setattr(module._UpsampleCrossEntropyFunction, "apply", fail)
+    monkeypatch.setenv("SEGADAPT_KERNELS", "torch")
+    logits, labels = _make(SHAPES[0], torch.contiguous_format)
+    got = upsample_cross_entropy(logits, labels, align_corners=False)
+    want = upsample_cross_entropy_ref(logits, labels, align_corners=False)
+    assert torch.equal(got, want)
+    monkeypatch.delenv("SEGADAPT_KERNELS")
+    with pytest.raises(AssertionError, match="Triton path taken"):
+        upsample_cross_entropy(logits, labels, align_corners=False)
+
+
+def _bad_inputs():
+    logits, labels = _make(SHAPES[0], torch.contiguous_format)
+    return [
+        ("float64", logits.double(), labels, "mean", "logits: expected dtype"),
+        ("rank3", logits[0], labels, "mean", "logits: expected rank 4"),
+        ("labels_int32", logits, labels.int(), "mean", "labels: expected dtype int64"),
+        ("labels_rank", logits, labels[0], "mean", "labels: expected shape"),
+        ("labels_batch", logits, labels[:1], "mean", "labels: expected shape"),
+        ("labels_device", logits, labels.to("meta"), "mean", "labels: on meta"),
+        ("layout", logits.transpose(2, 3), labels, "mean", "logits: strides .* layout"),
+        ("reduction", logits, labels, "none", "reduction='none'"),
+    ]
+
+
+@pytest.mark.parametrize("case", _bad_inputs(), ids=lambda case: case[0])
+def test_bad_input_names_the_argument(case):
+    _, logits, labels, reduction, pattern = case
+    with pytest.raises(ValueError, match=pattern):
+        upsample_cross_entropy(logits, labels, align_corners=False, reduction=reduction)
+
+
+def test_bilinear_scale_matches_pytorch_float32_rounding():
+    assert module.bilinear_scale(90, 720, False) == 0.125
+    assert module.bilinear_scale(90, 720, True) == pytest.approx(89 / 719, rel=1e-7)
+    assert module.bilinear_scale(5, 1, True) == 0.0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "channels_last"])
+def test_real_size_cuda(memory_format):
+    """The production shape: 1280x720 labels from 160x90 logits."""
+    logits = torch.randn(2, 19, 90, 160, device="cuda").to(memory_format=memory_format)
+    labels = torch.randint(0, 19, (2, 720, 1280), device="cuda")
+    labels[:, :100] = 255
+    loss, grad = _loss_and_grad(upsample_cross_entropy, logits, labels, align_corners=True)
+    want_loss, want_grad = _loss_and_grad(upsample_cross_entropy_ref, logits, labels, align_corners=True)
+    torch.testing.assert_close(loss, want_loss, atol=1e-5, rtol=1e-5, msg=lambda m: f"[loss] {m}")
+    torch.testing.assert_close(grad, want_grad, atol=1e-7, rtol=1e-3, msg=lambda m: f"[logits.grad] {m}")
