@@ -129,6 +129,8 @@ class Data:
 class SourceOnly:
     name: str = "sourceonly"
     """Method name; selects this section's fields."""
+    align_corners: bool = True
+    """align_corners of the training upsampler (`interp`); the official PyTorch >= 0.4 code passes True."""
     lambda_seg: float = 0.1
     """Weight of the aux (conv4) segmentation loss; 0 disables the aux head's loss."""
 
@@ -137,6 +139,8 @@ class SourceOnly:
 class Supervised:
     name: str = "supervised"
     """Method name: trains on a labelled stream only (the oracle when that stream is the target domain)."""
+    align_corners: bool = True
+    """align_corners of the training upsampler (`interp`); the official PyTorch >= 0.4 code passes True."""
     stream: str = "target"
     """Which labelled stream to train on: "target", "labeled" or "source"."""
     lambda_seg: float = 0.1
@@ -147,6 +151,8 @@ class Supervised:
 class AdaptSegNet:
     name: str = "adaptsegnet"
     """Method name; selects this section's fields."""
+    align_corners: bool = True
+    """align_corners of the training upsampler (`interp`); the official PyTorch >= 0.4 code passes True."""
     lambda_seg: float = 0.1
     """Aux (conv4) segmentation loss weight, LAMBDA_SEG."""
     lambda_adv_target1: float = 0.0002
@@ -514,9 +520,9 @@ def describe_fields() -> str:
                 walk(tp, dotted + ".")
                 continue
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            lines.append(f"  {dotted} ({_type_name(tp)}, default {default!r}): {docs.get(f'{cls.__name__}.{f.name}', '')}")
+            lines.append(
+                f"  {dotted} ({_type_name(tp)}, default {default!r}): {docs.get(f'{cls.__name__}.{f.name}', '')}"
+            )
 
     walk(Config, "")
     return "\n".join(lines).lstrip("\n")
-
-

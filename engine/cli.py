@@ -1,0 +1,194 @@
+"""`segadapt` command line: train, evaluate, report, data synthshift|check, export, predict.
+
+The recipe is the configuration; the only way to change it from the command line is `--set dotted.key=value`
+(torchtitan's rule). `segadapt train --help` prints every config field with its documentation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from engine import config as config_module
+from engine.config import ConfigError
+
+
+def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="recipe name (stem of recipes/NAME.toml) or path to a TOML file")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field, e.g. --set train.seed=3 (repeatable; value parsed as TOML)",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segadapt", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    fields = "config fields (set with --set KEY=VALUE):\n\n" + config_module.describe_fields()
+    train = sub.add_parser(
+        "train", help="train a recipe", epilog=fields, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    _add_recipe_args(train)
+    train.add_argument(
+        "--resume", nargs="?", const="auto", default=None, help="continue from the run's latest checkpoint or a path"
+    )
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="evaluate weights on a recipe's val stream",
+        epilog=fields,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_recipe_args(evaluate)
+    evaluate.add_argument("--checkpoint", required=True, help="segadapt checkpoint, best.pt or an official snapshot")
+    evaluate.add_argument("--out", default=None, help="output directory (default: next to the checkpoint)")
+    report = sub.add_parser("report", help="write plots and a markdown summary of a run directory")
+    report.add_argument("run_dir")
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    synth = data.add_parser("synthshift", help="generate the synthshift two-domain dataset")
+    synth.add_argument("--out", required=True)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--size", default="256x128", help="WxH")
+    synth.add_argument("--count", type=int, default=200)
+    synth.add_argument("--formats", default="gta5,cityscapes", help="comma list of gta5,cityscapes,synthia,voc")
+    check = data.add_parser("check", help="validate a dataset tree in its published layout")
+    check.add_argument("root")
+    check.add_argument("--dataset", required=True, choices=["gta5", "cityscapes", "synthia", "voc"])
+    check.add_argument("--split", default="train")
+    _add_optional_parsers(sub)
+    return parser
+
+
+def _add_optional_parsers(sub) -> None:
+    from engine import export
+    from engine import predict
+
+    export.add_export_parser(sub)
+    predict.add_predict_parser(sub)
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError as error:
+        raise ConfigError(f"--size {text!r}: expected WxH, e.g. 256x128") from error
+    return width, height
+
+
+def cmd_train(args) -> int:
+    from engine.evaluate import format_table
+    from engine.train import train
+
+    cfg = config_module.load(args.recipe, args.overrides)
+    check_datasets(cfg)
+    results = {cfg.method.name: train(cfg, resume=args.resume)}
+    for name in cfg.train.compare_methods:
+        section = config_module.METHOD_SECTIONS[name]()
+        results[name] = train(config_module.replace(cfg, method=section))
+    finals = {name: r["last"] for name, r in results.items() if r.get("last")}
+    if finals:
+        print(format_table(finals, cfg.model.num_classes))
+        for name, r in results.items():
+            print(
+                f"{name}: last mIoU {r['last']['miou']:.2f} at step {r['steps']}, "
+                f"best {r['best']['miou']:.2f} at step {r['best']['step']}"
+            )
+    return 0
+
+
+def check_datasets(cfg) -> None:
+    """Stop before building anything when a stream's dataset root is missing, showing the layout expected."""
+    from engine.data.datasets import layout_help
+    from engine.methods import METHODS  # noqa: F401 - validates method names early via config
+
+    if cfg.data.synthshift.generate:
+        return
+    for name in ("source", "target", "labeled", "unlabeled", "val"):
+        stream = getattr(cfg.data, name)
+        if stream.dataset and not Path(stream.root).is_dir():
+            raise ConfigError(
+                f"data.{name}.root = {stream.root!r} does not exist. {stream.dataset} is expected in this layout:\n"
+                f"{layout_help(stream.dataset)}\n"
+                f"Point the recipe at it with --set data.{name}.root=/path/to/{stream.dataset}"
+            )
+
+
+def cmd_evaluate(args) -> int:
+    import torch
+
+    from engine.data.torch_loader import eval_samples
+    from engine.evaluate import evaluate
+    from engine.evaluate import format_table
+    from engine.models import build_segmenter
+    from engine.models.weights import load_pretrained
+    from engine.train import resolve_device
+    from engine.train import resolve_precision
+
+    cfg = config_module.load(args.recipe, args.overrides)
+    device = resolve_device(cfg.train.device)
+    model = build_segmenter(config_module.replace(cfg.model, pretrained="")).to(device)
+    load_pretrained(model, args.checkpoint)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "evaluate"
+    amp = resolve_precision(cfg.train.precision, device)
+    result = evaluate(
+        model,
+        eval_samples(cfg.data.val, cfg.eval.input_size),
+        cfg.data,
+        cfg.eval,
+        cfg.model.num_classes,
+        device,
+        out_dir=out,
+        autocast=(lambda: torch.autocast(device.type, dtype=amp)) if amp else None,
+    )
+    print(format_table({Path(args.checkpoint).name: result}, cfg.model.num_classes))
+    print(f"results written to {out}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    if args.data_command == "synthshift":
+        from engine.data.synthshift import generate
+
+        info = generate(
+            args.out,
+            seed=args.seed,
+            size=_parse_size(args.size),
+            count=args.count,
+            formats=tuple(f for f in args.formats.split(",") if f),
+        )
+        print(f"synthshift written to {args.out}: {info}")
+        return 0
+    from engine.data.datasets import check_tree
+    from engine.data.datasets import format_report
+
+    report = check_tree(args.root, args.dataset, args.split)
+    print(format_report(report))
+    return 0 if report.ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return cmd_train(args)
+        if args.command == "evaluate":
+            return cmd_evaluate(args)
+        if args.command == "report":
+            from engine.report import write_report
+
+            print(f"report written to {write_report(args.run_dir)}")
+            return 0
+        if args.command == "data":
+            return cmd_data(args)
+        return args.run(args)
+    except (ConfigError, ValueError) as error:
+        print(f"segadapt: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

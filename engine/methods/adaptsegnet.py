@@ -1,0 +1,116 @@
+"""AdaptSegNet: output-space adversarial adaptation (Tsai et al., CVPR 2018).
+
+Official code: github.com/wasidennis/AdaptSegNet, train_gta2cityscapes_multi.py (pytorch_0.4/ is the same loop).
+One step, in the official order (METHODS.md A1):
+  1. discriminators frozen; source forward; L_seg = CE(main) + lambda_seg * CE(aux); backward.
+  2. target forward; L_adv = sum_l lambda_adv_l * GAN(D_l(softmax(up(pred_l))), source_label); backward.
+  3. discriminators unfrozen; D loss on detached source predictions (source_label) and detached target
+     predictions (target_label), each halved; backward.
+  4. step the segmenter and the discriminators.
+Segmenter SGD 2.5e-4 (heads 10x); discriminators Adam 1e-4 betas (0.9, 0.99); poly 0.9 on both.
+
+| official behaviour                                               | switch                              |
+|------------------------------------------------------------------|-------------------------------------|
+| ASPP sums only its first two branches (return inside the loop)   | model.aspp_sum_first_two_only       |
+| D output BCE at 1/32 (the code; the paper upsamples it)          | method.d_upsample_output = false    |
+| `interp` upsampler with align_corners=True (PyTorch >= 0.4 copy) | method.align_corners                |
+| single-level: lambda_seg = lambda_adv_target1 = 0               | method.lambda_* (recipe variants)   |
+| LS-GAN (`--gan LS`): MSE instead of BCE                          | method.gan = "ls"                   |
+Differences that do not change the math: one Adam over both discriminators (Adam is per-parameter, so this equals
+the official two optimizers); the discriminator loss is backpropagated once per domain instead of once per level.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch import nn
+
+from engine.config import AdaptSegNet as AdaptSegNetConfig
+from engine.config import Optim
+from engine.methods.base import Method
+from engine.methods.base import OptimizerSpec
+from engine.methods.base import StepContext
+from engine.methods.base import frozen
+from engine.methods.base import segmenter_optimizer
+from engine.methods.losses import adversarial_loss
+from engine.methods.losses import upsample
+from engine.methods.supervised import supervised_loss
+from engine.models import build_discriminator
+
+
+class AdaptSegNet(Method):
+    streams = ("source", "target")
+
+    def __init__(self, model: nn.Module, cfg: AdaptSegNetConfig, num_classes: int):
+        super().__init__(model)
+        if cfg.gan not in ("vanilla", "ls"):
+            raise ValueError(f"method.gan = {cfg.gan!r}: expected 'vanilla' or 'ls'")
+        self.cfg = cfg
+        # level name -> (model output key, adversarial weight); a level with weight 0 gets no discriminator,
+        # as the official single-level command (lambda_adv_target1 = 0) leaves D1 untrained.
+        levels = {"d_main": ("main", cfg.lambda_adv_target2), "d_aux": ("aux", cfg.lambda_adv_target1)}
+        self.levels = {name: spec for name, spec in levels.items() if spec[1] > 0}
+        self.discriminators = nn.ModuleDict({name: build_discriminator(num_classes) for name in self.levels})
+
+    def optimizers(self, optim: Optim) -> dict[str, OptimizerSpec]:
+        specs = {"model": segmenter_optimizer(self.model, optim)}
+        if self.levels:
+            specs["discriminator"] = OptimizerSpec(
+                groups=[{"params": list(self.discriminators.parameters()), "lr_mult": 1.0, "name": "discriminator"}],
+                kind="adam",
+                lr=self.cfg.d_lr,
+                betas=self.cfg.d_betas,
+            )
+        return specs
+
+    def _d_loss(self, name: str, pred: Tensor, label: int, size: tuple[int, int]) -> Tensor:
+        d_out = self.discriminators[name](torch.softmax(pred, dim=1))
+        return adversarial_loss(d_out, label, self.cfg.gan, upsample_to=size if self.cfg.d_upsample_output else None)
+
+    def train_step(self, batch: dict[str, dict[str, Tensor]], ctx: StepContext) -> dict[str, Tensor]:
+        cfg = self.cfg
+        source, target = batch["source"], batch["target"]
+        source_size, target_size = tuple(source["image"].shape[-2:]), tuple(target["image"].shape[-2:])
+        losses: dict[str, Tensor] = {}
+        with frozen(self.discriminators):
+            with ctx.autocast():
+                out_source = self.net(source["image"])
+            loss_seg = supervised_loss(out_source, source["label"], cfg.lambda_seg, cfg.align_corners)
+            ctx.backward(loss_seg)
+            losses["loss/seg"] = loss_seg.detach()
+
+            with ctx.autocast():
+                out_target = self.net(target["image"])
+                pred_target = {
+                    n: upsample(out_target[k], target_size, cfg.align_corners) for n, (k, _) in self.levels.items()
+                }
+                loss_adv = sum(
+                    weight * self._d_loss(n, pred_target[n], cfg.source_label, target_size)
+                    for n, (_, weight) in self.levels.items()
+                )
+            if self.levels:
+                ctx.backward(loss_adv)
+                losses["loss/adv"] = loss_adv.detach()
+
+        if self.levels:
+            with ctx.autocast():
+                pred_source = {
+                    n: upsample(out_source[k].detach(), source_size, cfg.align_corners)
+                    for n, (k, _) in self.levels.items()
+                }
+                loss_d_source = sum(
+                    self._d_loss(n, p, cfg.source_label, source_size) / 2 for n, p in pred_source.items()
+                )
+            ctx.backward(loss_d_source)
+            with ctx.autocast():
+                loss_d_target = sum(
+                    self._d_loss(n, p.detach(), cfg.target_label, target_size) / 2 for n, p in pred_target.items()
+                )
+            ctx.backward(loss_d_target)
+            losses["loss/d"] = (loss_d_source + loss_d_target).detach()
+
+        ctx.step("model")
+        if self.levels:
+            ctx.step("discriminator")
+        return losses

@@ -1,0 +1,44 @@
+"""Loss helpers shared by the methods; each calls a fused op from kernels/ (Triton or its reference)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from kernels.upsample_bce import upsample_bce
+from kernels.upsample_cross_entropy import upsample_cross_entropy
+
+
+def seg_loss(logits: Tensor, label: Tensor, align_corners: bool) -> Tensor:
+    """Cross-entropy of stride-8 logits upsampled to the label's size, ignore 255, mean over valid pixels.
+
+    Args:
+        logits: (N, C, h, w) logits at stride 8.
+        label: (N, H, W) int64 trainIds, 255 = ignore.
+    """
+    return upsample_cross_entropy(logits, label, align_corners=align_corners)
+
+
+def upsample(logits: Tensor, size: tuple[int, int], align_corners: bool) -> Tensor:
+    """Bilinear upsampling of logits to (H, W), the official `interp` layer."""
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
+
+
+def adversarial_loss(d_out: Tensor, label: int, gan: str, upsample_to: tuple[int, int] | None = None) -> Tensor:
+    """GAN loss of discriminator logits against a constant domain label.
+
+    Args:
+        d_out: (N, 1, h, w) discriminator logits.
+        label: domain label (0 source, 1 target in AdaptSegNet).
+        gan: "vanilla" (BCE with logits) or "ls" (least squares, MSE on the raw output).
+        upsample_to: (H, W) to bilinearly upsample the map to first (the paper's form), fused with the loss.
+    """
+    kind = "bce" if gan == "vanilla" else "mse"
+    if upsample_to is not None:
+        return upsample_bce(d_out, upsample_to, float(label), align_corners=True, loss=kind)
+    d_out = d_out.float()
+    target = torch.full_like(d_out, float(label))
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(d_out, target)
+    return F.mse_loss(d_out, target)

@@ -1,0 +1,322 @@
+"""The training loop: a plain, readable loop in nanoGPT's spirit.
+
+`train(cfg)` builds everything, then runs steps; periodic work (log, evaluate, checkpoint) is `if step % N == 0`.
+Every host synchronisation is marked and sits inside a logging, evaluation or checkpoint branch. AMP, gradient
+scaling and accumulation live in `StepContext`; methods only call `ctx.backward` / `ctx.step`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+
+import torch
+
+from engine import checkpoint
+from engine.config import Config
+from engine.config import Schedule
+from engine.config import to_dict
+from engine.data import Streams
+from engine.data import ensure_synthshift
+from engine.data.torch_loader import eval_samples
+from engine.evaluate import evaluate
+from engine.methods import Method
+from engine.methods import StepContext
+from engine.methods import build_method
+from engine.methods.base import OptimizerSpec
+from engine.models import build_segmenter
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss became NaN or infinite; the message names the loss and the step."""
+
+
+# --------------------------------------------------------------------------------------------------- device/AMP
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device = {name!r} but no CUDA device is available")
+    return device
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """None means fp32 (autocast off)."""
+    choices = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if name == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if name not in choices:
+        raise ValueError(f"train.precision = {name!r}: expected 'auto', 'bf16', 'fp16' or 'fp32'")
+    return choices[name]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------------------- optimizers
+def make_optimizer(spec: OptimizerSpec, device: torch.device, fused: str) -> torch.optim.Optimizer:
+    """SGD or Adam with fused kernels where the device has them (nanoGPT picks fused AdamW the same way)."""
+    if fused not in ("auto", "on", "off"):
+        raise ValueError(f"optim.fused = {fused!r}: expected 'auto', 'on' or 'off'")
+    use_fused = fused == "on" or (fused == "auto" and device.type == "cuda")
+    groups = [{**group, "lr": spec.lr * group["lr_mult"]} for group in spec.groups if group["params"]]
+    extra = {"fused": True} if use_fused else {"foreach": device.type == "cuda"}
+    if spec.kind == "sgd":
+        return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay, **extra)
+    if spec.kind == "adam":
+        return torch.optim.Adam(groups, lr=spec.lr, betas=spec.betas, weight_decay=spec.weight_decay, **extra)
+    raise ValueError(f"optim.name = {spec.kind!r}: expected 'sgd' or 'adam'")
+
+
+def lr_factor(schedule: Schedule, step: int) -> float:
+    """Poly decay (official `lr_poly`): (1 - step / total_steps) ** power, evaluated at the start of the step."""
+    if schedule.policy == "constant":
+        return 1.0
+    if schedule.policy != "poly":
+        raise ValueError(f"schedule.policy = {schedule.policy!r}: expected 'poly' or 'constant'")
+    return (1.0 - step / schedule.total_steps) ** schedule.power
+
+
+def set_lr(optimizers: dict[str, torch.optim.Optimizer], specs: dict[str, OptimizerSpec], factor: float) -> None:
+    for name, optimizer in optimizers.items():
+        for group in optimizer.param_groups:
+            group["lr"] = specs[name].lr * group["lr_mult"] * factor
+
+
+# ------------------------------------------------------------------------------------------------------- the run
+@dataclass
+class Run:
+    cfg: Config
+    device: torch.device
+    method: Method
+    streams: Streams
+    optimizers: dict[str, torch.optim.Optimizer]
+    specs: dict[str, OptimizerSpec]
+    ctx: StepContext
+    run_dir: Path
+    step: int = 0
+    best: dict = field(default_factory=lambda: {"miou": -1.0, "step": -1})
+    history: list = field(default_factory=list)
+
+
+def run_dir_for(cfg: Config) -> Path:
+    return Path(cfg.train.run_dir.format(recipe=cfg.recipe or "run", method=cfg.method.name))
+
+
+def build_everything(cfg: Config) -> Run:
+    device = resolve_device(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    if cfg.data.synthshift.generate:
+        ensure_synthshift(cfg.data.synthshift)
+    model = build_segmenter(cfg.model).to(device)
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    method = build_method(model, cfg).to(device)
+    streams = Streams(cfg.data, list(method.streams), seed=cfg.train.seed, device=device)
+    if cfg.model.compile == "on" or (cfg.model.compile == "auto" and device.type == "cuda"):
+        method.net = torch.compile(model)
+    specs = method.optimizers(cfg.optim)
+    optimizers = {name: make_optimizer(spec, device, cfg.optim.fused) for name, spec in specs.items()}
+    amp_dtype = resolve_precision(cfg.train.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
+    ctx = StepContext(device.type, amp_dtype, scaler, optimizers, cfg.train.iter_size)
+    return Run(cfg, device, method, streams, optimizers, specs, ctx, run_dir_for(cfg))
+
+
+def train_step(run: Run, step: int) -> dict[str, torch.Tensor]:
+    """One optimizer step: `iter_size` micro-steps of the method, then the scaler update. No host sync."""
+    set_lr(run.optimizers, run.specs, lr_factor(run.cfg.schedule, step))
+    run.ctx.step_index = step
+    for micro in range(run.cfg.train.iter_size):
+        run.ctx.micro_step = micro
+        batch = {name: run.streams.next(name) for name in run.method.streams}
+        losses = run.method.train_step(batch, run.ctx)
+    run.ctx.scaler.update()
+    return losses
+
+
+def train(cfg: Config, resume: str | None = None, log=print) -> dict:
+    """Train `cfg` to `schedule.stop_step`; returns the final evaluation (or {} without a val stream)."""
+    run = build_everything(cfg)
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint.atomic_write_json(run.run_dir / "config.json", to_dict(cfg))
+    if resume is not None:
+        restore(run, resume, log)
+    logger = MetricsLogger(run.run_dir, cfg.train.tensorboard)
+    progress = make_progress(cfg, run.step)
+    pending: dict[str, torch.Tensor] = {}
+    start = time.perf_counter()
+    step = run.step
+    for step in range(run.step, cfg.schedule.stop_step):
+        losses = train_step(run, step)
+        pending = {k: v for k, v in losses.items()}
+        run.step = step + 1
+        progress.update(1)
+        if run.step % cfg.train.log_every == 0 or run.step == cfg.schedule.stop_step:
+            maybe_log(run, pending, logger, progress, start)
+        if cfg.train.eval_every and run.step % cfg.train.eval_every == 0 and run.step < cfg.schedule.stop_step:
+            maybe_evaluate(run, logger, log)
+        if cfg.train.checkpoint_every and run.step % cfg.train.checkpoint_every == 0:
+            check_finite(pending, run.step)  # note: host sync point, only on checkpoint steps
+            save_checkpoint(run)
+    progress.close()
+    if pending:
+        check_finite(pending, run.step)
+    save_checkpoint(run)
+    result = maybe_evaluate(run, logger, log) if cfg.data.val.dataset else {}
+    logger.close()
+    summary = {"recipe": cfg.recipe, "method": cfg.method.name, "steps": run.step, "last": result, "best": run.best}
+    checkpoint.atomic_write_json(run.run_dir / "results.json", summary)
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------- periodic work
+def check_finite(losses: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+    """Read the losses (host sync) and stop the run on a NaN/inf, naming the loss and the step."""
+    if not losses:
+        return {}
+    names = list(losses)
+    values = torch.stack([losses[n].float() for n in names]).tolist()  # note: host sync, logging steps only
+    for name, value in zip(names, values):
+        if not math.isfinite(value):
+            raise NonFiniteLoss(
+                f"{name} is {value} at step {step}; stopping. The last good checkpoint is kept "
+                f"(resume with --resume after lowering the learning rate or checking the data)."
+            )
+    return dict(zip(names, values))
+
+
+def maybe_log(run: Run, losses: dict[str, torch.Tensor], logger, progress, start: float) -> None:
+    values = check_finite(losses, run.step)
+    lrs = {f"lr/{n}": o.param_groups[0]["lr"] for n, o in run.optimizers.items()}
+    images = sum(getattr(run.cfg.data, s).batch_size for s in run.method.streams) * run.cfg.train.iter_size
+    record = {"kind": "train", "step": run.step, **values, **lrs, "elapsed_s": time.perf_counter() - start}
+    record["images_per_step"] = images
+    logger.write(record)
+    progress.set_postfix({k.split("/")[-1]: f"{v:.4f}" for k, v in values.items()}, refresh=False)
+
+
+def maybe_evaluate(run: Run, logger, log) -> dict:
+    cfg = run.cfg
+    if not cfg.data.val.dataset:
+        return {}
+    out_dir = run.run_dir / "eval" / f"step_{run.step:07d}"
+    samples = eval_samples(cfg.data.val, cfg.eval.input_size)
+    result = evaluate(
+        run.method.model,
+        samples,
+        cfg.data,
+        cfg.eval,
+        cfg.model.num_classes,
+        run.device,
+        out_dir=out_dir,
+        autocast=run.ctx.autocast,
+    )
+    logger.write({"kind": "eval", "step": run.step, **{k: v for k, v in result.items() if k != "confusion"}})
+    if result["miou"] > run.best["miou"]:
+        run.best = {"miou": result["miou"], "step": run.step}
+        checkpoint.save(run.run_dir / "best.pt", {"models": {"model": run.method.model.state_dict()}, **meta(run)})
+    return result
+
+
+def meta(run: Run) -> dict:
+    return {"step": run.step, "config": to_dict(run.cfg), "best": dict(run.best)}
+
+
+def save_checkpoint(run: Run) -> Path:
+    """Everything needed to continue bit-for-bit: models, optimizers, scaler, streams, RNG, schedule position."""
+    payload = {
+        "models": split_state(run.method),
+        "optimizers": {n: o.state_dict() for n, o in run.optimizers.items()},
+        "scaler": run.ctx.scaler.state_dict(),
+        "streams": run.streams.state_dict(),
+        "rng": rng_state(),
+        **meta(run),
+    }
+    directory = run.run_dir / "checkpoints"
+    name = f"step_{run.step:07d}.pt"
+    path = checkpoint.save(directory / name, payload)
+    checkpoint.atomic_write_text(directory / "latest", name + "\n")
+    return path
+
+
+def split_state(method: Method) -> dict:
+    """The segmenter's state under "model" (what export and predict read) and the method's other modules."""
+    extra = {k: v for k, v in method.state_dict().items() if not k.startswith("model.")}
+    return {"model": method.model.state_dict(), "extra": extra}
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore(run: Run, resume: str, log) -> None:
+    path = Path(resume) if resume not in ("", "auto") else checkpoint.latest(run.run_dir / "checkpoints")
+    if path is None:
+        raise ValueError(f"--resume: no checkpoint recorded in {run.run_dir / 'checkpoints' / 'latest'}")
+    state = checkpoint.load(path, map_location=run.device)
+    models = state["models"]
+    run.method.load_state_dict({**{f"model.{k}": v for k, v in models["model"].items()}, **models["extra"]})
+    for name, optimizer in run.optimizers.items():
+        optimizer.load_state_dict(state["optimizers"][name])
+    run.ctx.scaler.load_state_dict(state["scaler"])
+    run.streams.load_state_dict(state["streams"])
+    torch.set_rng_state(state["rng"]["torch"])
+    random.setstate((3, tuple(state["rng"]["python"]), None))
+    if "cuda" in state["rng"]:
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    run.step, run.best = state["step"], state["best"]
+    log(f"resumed from {path} at step {run.step}")
+
+
+# ---------------------------------------------------------------------------------------------------- reporting
+class MetricsLogger:
+    """metrics.jsonl (one JSON object a line, flushed) plus optional TensorBoard event files."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool):
+        self.handle = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
+        self.writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tb"))
+
+    def write(self, record: dict) -> None:
+        self.handle.write(json.dumps(record) + "\n")
+        self.handle.flush()
+        if self.writer is None:
+            return
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and key not in ("step",):
+                self.writer.add_scalar(f"{record['kind']}/{key}", value, record["step"])
+
+    def close(self) -> None:
+        self.handle.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def make_progress(cfg: Config, start: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=cfg.schedule.stop_step,
+        initial=start,
+        disable=not cfg.train.progress,
+        desc=f"{cfg.recipe or 'run'}:{cfg.method.name}",
+        unit="step",
+        dynamic_ncols=True,
+    )
