@@ -1,0 +1,98 @@
+"""AdaptSegNet's step equals a direct transcription of the official train_gta2cityscapes_multi.py iteration."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine import config
+from engine.methods import StepContext
+from engine.methods import build_method
+from engine.models import build_segmenter
+from engine.optim import make_optimizer
+
+from test_methods import NUM_CLASSES
+from test_methods import _batch
+
+
+def _official_gradients(method, batch, cfg):
+    """Transcription of one official iteration (METHODS.md A1 'Order of each step'); returns (model, D) grads."""
+    model, d_main, d_aux = method.model, method.discriminators["d_main"], method.discriminators["d_aux"]
+
+    def interp(x, like):
+        return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=True)
+
+    def bce(out, label):
+        return F.binary_cross_entropy_with_logits(out, torch.full_like(out, float(label)))
+
+    src, tgt = batch["source"], batch["target"]
+    out_s = model(src["image"])
+    pred1, pred2 = interp(out_s["aux"], src["image"]), interp(out_s["main"], src["image"])
+    loss_seg = F.cross_entropy(pred2, src["label"], ignore_index=255) + cfg.lambda_seg * F.cross_entropy(
+        pred1, src["label"], ignore_index=255
+    )
+    out_t = model(tgt["image"])
+    pt1, pt2 = interp(out_t["aux"], tgt["image"]), interp(out_t["main"], tgt["image"])
+    loss_adv = cfg.lambda_adv_target1 * bce(d_aux(F.softmax(pt1, 1)), 0) + cfg.lambda_adv_target2 * bce(
+        d_main(F.softmax(pt2, 1)), 0
+    )
+    model_params = [p for p in model.parameters() if p.requires_grad]
+    model_grads = torch.autograd.grad(loss_seg + loss_adv, model_params)
+    loss_d = (
+        bce(d_aux(F.softmax(pred1.detach(), 1)), 0) / 2
+        + bce(d_main(F.softmax(pred2.detach(), 1)), 0) / 2
+        + bce(d_aux(F.softmax(pt1.detach(), 1)), 1) / 2
+        + bce(d_main(F.softmax(pt2.detach(), 1)), 1) / 2
+    )
+    d_params = list(method.discriminators.parameters())
+    return model_grads, torch.autograd.grad(loss_d, d_params)
+
+
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+def test_gradients_match_the_official_iteration(kernels, monkeypatch):
+    monkeypatch.setenv("SEGADAPT_KERNELS", kernels)
+    cfg = config.load_dict(
+        {
+            "model": {"name": "toy", "width": 4, "num_classes": NUM_CLASSES},
+            # Large adversarial weights so a wrong order or a missing freeze shows in the gradients.
+            "method": {"name": "adaptsegnet", "lambda_adv_target1": 0.3, "lambda_adv_target2": 0.7},
+        },
+        "test.toml",
+    )
+    method = build_method(build_segmenter(cfg.model), cfg)
+    optimizers = {n: make_optimizer(s, torch.device("cpu"), "off") for n, s in method.optimizers(cfg.optim).items()}
+    # iter_size 2 at micro-step 0: gradients accumulate (divided by 2) and nothing steps, so they can be read.
+    ctx = StepContext("cpu", None, torch.amp.GradScaler("cpu", enabled=False), optimizers, iter_size=2)
+    batch = _batch()
+    want_model, want_d = _official_gradients(method, batch, cfg.method)
+    method.train_step(batch, ctx)
+    got_model = [p.grad * 2 for p in method.model.parameters() if p.requires_grad]
+    got_d = [p.grad * 2 for p in method.discriminators.parameters()]
+    for i, (got, want) in enumerate(zip(got_model, want_model, strict=True)):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4, msg=lambda m, i=i: f"[model param {i}] {m}")
+    for i, (got, want) in enumerate(zip(got_d, want_d, strict=True)):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4, msg=lambda m, i=i: f"[D param {i}] {m}")
+
+
+def test_single_level_has_no_aux_discriminator_and_ls_gan_uses_mse():
+    cfg = config.load_dict(
+        {
+            "model": {"name": "toy", "width": 4, "num_classes": NUM_CLASSES},
+            "method": {"name": "adaptsegnet", "lambda_adv_target1": 0.0, "gan": "ls"},
+        },
+        "test.toml",
+    )
+    method = build_method(build_segmenter(cfg.model), cfg)
+    assert list(method.discriminators) == ["d_main"]
+    d_out = torch.tensor([[[[0.5, -1.0]]]])
+    from engine.methods.losses import adversarial_loss
+
+    assert adversarial_loss(d_out, 1, "ls").item() == pytest.approx(((0.5 - 1) ** 2 + (-1 - 1) ** 2) / 2)
+    upsampled = adversarial_loss(d_out, 1, "ls", upsample_to=(4, 6))
+    want = F.mse_loss(F.interpolate(d_out, size=(4, 6), mode="bilinear", align_corners=True), torch.ones(1, 1, 4, 6))
+    torch.testing.assert_close(upsampled, want)
+
+
+def test_unknown_gan_is_named():
+    cfg = config.load_dict({"model": {"name": "toy"}, "method": {"name": "adaptsegnet", "gan": "wgan"}}, "t.toml")
+    with pytest.raises(ValueError, match="method.gan"):
+        build_method(build_segmenter(cfg.model), cfg)
