@@ -1,0 +1,76 @@
+"""The segmenter contract for every entry of MODELS, the toy segmenter, and build_segmenter's errors."""
+
+import math
+
+import pytest
+import torch
+
+from engine.config import Model
+from engine.models import MODELS
+from engine.models import ToySegmenter
+from engine.models import build_segmenter
+
+
+def _cfg(name: str, **changes) -> Model:
+    settings = {"name": name, "backbone": "resnet18", "width": 4, "num_classes": 5, "channels_last": False}
+    return Model(**{**settings, **changes})
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_contract(name):
+    model = build_segmenter(_cfg(name)).train()
+    out = model(torch.randn(2, 3, 33, 47))
+    assert set(out) == {"main", "aux"}
+    assert out["main"].shape == out["aux"].shape and out["main"].shape[:2] == (2, 5)
+    assert out["main"].shape[2] in (math.ceil(33 / 8), math.ceil(33 / 8) + 1)  # stride 8 (+1 for DeepLab's ceil)
+    heads, backbone = model.head_parameters(), model.backbone_parameters()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(heads) + len(backbone) == len(trainable)
+    assert {id(p) for p in heads} | {id(p) for p in backbone} == {id(p) for p in trainable}
+    (out["main"].square().mean() + out["aux"].square().mean()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_single_level(name):
+    model = build_segmenter(_cfg(name, multi_level=False))
+    with torch.no_grad():
+        assert set(model(torch.randn(1, 3, 24, 24))) == {"main"}
+    assert {id(p) for p in model.head_parameters()}.isdisjoint({id(p) for p in model.backbone_parameters()})
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_channels_last_matches_contiguous(name):
+    torch.manual_seed(3)
+    plain = build_segmenter(_cfg(name)).eval()
+    torch.manual_seed(3)
+    fast = build_segmenter(_cfg(name, channels_last=True)).eval()
+    first_conv = next(m for m in fast.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first_conv.weight.is_contiguous(memory_format=torch.channels_last)
+    image = torch.randn(1, 3, 40, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(image.to(memory_format=torch.channels_last))["main"], plain(image)["main"])
+
+
+@pytest.mark.parametrize("size", [(64, 64), (33, 47), (1, 9)])
+def test_toy_output_stride_8(size):
+    model = ToySegmenter(3, width=4)
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, *size))
+    assert tuple(out["main"].shape) == (1, 3, math.ceil(size[0] / 8), math.ceil(size[1] / 8))
+    assert {id(p) for p in model.head_parameters()} == {
+        id(p) for p in [*model.classifier.parameters(), *model.aux_classifier.parameters()]
+    }
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"name": "pspnet"}, r"model.name = 'pspnet' is not a segmenter; choices: deeplabv2, toy"),
+        ({"backbone": "resnet152"}, r"model.backbone = 'resnet152' .*resnet101, resnet18, resnet34, resnet50"),
+        ({"name": "toy", "width": 0}, "model.width"),
+    ],
+)
+def test_bad_config_raises(changes, match):
+    with pytest.raises(ValueError, match=match):
+        build_segmenter(_cfg(changes.pop("name", "deeplabv2"), **changes))
