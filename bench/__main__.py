@@ -8,7 +8,7 @@ import sys
 from bench.common import RESULTS_DIR
 from bench.common import markdown_table
 
-USAGE = "usage: python -m bench {kernels,report} [options]  (python -m bench kernels --help for options)"
+USAGE = "usage: python -m bench {kernels,loader,infer,report} [options]  (python -m bench kernels --help for options)"
 
 
 def report() -> None:
@@ -23,13 +23,13 @@ def report() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in ("kernels", "report"):
+    if not argv or argv[0] not in ("kernels", "loader", "infer", "report"):
         print(USAGE, file=sys.stderr)
         return 2
-    if argv[0] == "kernels":
-        from bench import kernels
+    if argv[0] in ("kernels", "loader", "infer"):
+        import importlib
 
-        kernels.main(argv[1:])
+        importlib.import_module(f"bench.{argv[0]}").main(argv[1:])
     else:
         report()
     return 0
