@@ -22,8 +22,6 @@ from engine.config import Config
 from engine.config import to_dict
 from engine.data import Streams
 from engine.data import ensure_synthshift
-from engine.data.torch_loader import eval_samples
-from engine.evaluate import evaluate
 from engine.methods import Method
 from engine.methods import StepContext
 from engine.methods import build_method
@@ -182,6 +180,9 @@ def maybe_evaluate(run: Run, logger, log) -> dict:
     cfg = run.cfg
     if not cfg.data.val.dataset:
         return {}
+    from engine.data.torch_loader import eval_samples
+    from engine.evaluate import evaluate
+
     out_dir = run.run_dir / "eval" / f"step_{run.step:07d}"
     samples = eval_samples(cfg.data.val, cfg.eval.input_size)
     result = evaluate(

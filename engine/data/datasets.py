@@ -1,0 +1,316 @@
+"""Published dataset layouts: listing image/label pairs, reading them, and checking a tree.
+
+One listing function per format; each returns `Sample`s sorted by id. Labels are read raw and mapped through the
+protocol's lookup table (`labels.label_lut`), so every reader returns trainIds (255 = ignore).
+
+- gta5:        ROOT/images/NNNNN.png, ROOT/labels/NNNNN.png (Cityscapes labelIds).
+- cityscapes:  ROOT/leftImg8bit/SPLIT/CITY/NAME_leftImg8bit.png, ROOT/gtFine/SPLIT/CITY/NAME_gtFine_labelIds.png.
+- synthia:     ROOT/RGB/NNNNNNN.png, ROOT/GT/LABELS/NNNNNNN.png (16-bit, multi-channel, class id in the last channel;
+               PIL cannot read them, pypng does).
+- voc:         ROOT/JPEGImages/ID.jpg, ROOT/SegmentationClassAug/ID.png, ids in ROOT/ImageSets/Segmentation/SPLIT.txt.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+
+import numpy as np
+import png
+from PIL import Image
+
+from engine.config import Stream
+from engine.data.labels import KNOWN_RAW_IDS
+from engine.data.labels import check_dataset
+from engine.data.labels import label_lut
+
+_LAYOUTS = {
+    "gta5": "ROOT/images/00001.png ...          RGB images\n"
+    "ROOT/labels/00001.png ...          Cityscapes labelIds (8-bit, palette or grey)\n"
+    "(every image belongs to the 'train' split)",
+    "cityscapes": "ROOT/leftImg8bit/{train,val}/CITY/NAME_leftImg8bit.png\n"
+    "ROOT/gtFine/{train,val}/CITY/NAME_gtFine_labelIds.png   Cityscapes labelIds",
+    "synthia": "ROOT/RGB/0000001.png ...           RGB images (SYNTHIA-RAND-CITYSCAPES)\n"
+    "ROOT/GT/LABELS/0000001.png ...     16-bit multi-channel PNG, SYNTHIA class id in the last channel\n"
+    "(every image belongs to the 'train' split)",
+    "voc": "ROOT/JPEGImages/ID.jpg\n"
+    "ROOT/SegmentationClassAug/ID.png   class indices 0..20, 255 = boundary\n"
+    "ROOT/ImageSets/Segmentation/{train_aug,train,val}.txt   one ID per line\n"
+    "(split 'train' reads train_aug.txt when present, else train.txt)",
+}
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image/label pair of a dataset."""
+
+    image: Path
+    label: Path
+    id: str
+
+
+@dataclass
+class CheckReport:
+    """What `check_tree` found; every problem lists the files concerned."""
+
+    root: str
+    dataset: str
+    split: str
+    counts: dict[str, int] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    size_mismatches: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
+    unknown_ids: list[str] = field(default_factory=list)
+    layout_error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        problems = (self.missing, self.size_mismatches, self.unreadable, self.unknown_ids)
+        return not self.layout_error and not any(problems)
+
+
+def layout_help(dataset: str) -> str:
+    """The directory layout `dataset` is expected in, indented for printing."""
+    check_dataset(dataset)
+    return "\n".join("    " + line for line in _LAYOUTS[dataset].splitlines())
+
+
+def _require_dir(path: Path, dataset: str) -> Path:
+    if not path.is_dir():
+        raise ValueError(f"{dataset}: directory {path} does not exist; expected layout:\n{layout_help(dataset)}")
+    return path
+
+
+# --------------------------------------------------------------------------------------------------- listing
+def _pairs_gta5(root: Path, split: str) -> list[Sample]:
+    images, labels = _require_dir(root / "images", "gta5"), _require_dir(root / "labels", "gta5")
+    return [Sample(p, labels / p.name, p.stem) for p in images.glob("*.png")]
+
+
+def _pairs_synthia(root: Path, split: str) -> list[Sample]:
+    images, labels = _require_dir(root / "RGB", "synthia"), _require_dir(root / "GT" / "LABELS", "synthia")
+    return [Sample(p, labels / p.name, p.stem) for p in images.glob("*.png")]
+
+
+def _pairs_cityscapes(root: Path, split: str) -> list[Sample]:
+    images = _require_dir(root / "leftImg8bit" / split, "cityscapes")
+    labels = _require_dir(root / "gtFine" / split, "cityscapes")
+    samples = []
+    for path in images.glob("*/*_leftImg8bit.png"):
+        name = path.name[: -len("_leftImg8bit.png")]
+        samples.append(Sample(path, labels / path.parent.name / f"{name}_gtFine_labelIds.png", name))
+    return samples
+
+
+def voc_split_file(root: Path, split: str) -> Path:
+    """ImageSets/Segmentation/SPLIT.txt; split "train" prefers train_aug.txt (the SegmentationClassAug protocol)."""
+    lists = _require_dir(root / "ImageSets" / "Segmentation", "voc")
+    names = ["train_aug", "train"] if split == "train" else [split]
+    for name in names:
+        if (lists / f"{name}.txt").is_file():
+            return lists / f"{name}.txt"
+    raise ValueError(
+        f"voc: split list {lists / (names[0] + '.txt')} does not exist; expected layout:\n{layout_help('voc')}"
+    )
+
+
+def _pairs_voc(root: Path, split: str) -> list[Sample]:
+    images = _require_dir(root / "JPEGImages", "voc")
+    labels = _require_dir(root / "SegmentationClassAug", "voc")
+    ids = [line.split()[0] for line in voc_split_file(root, split).read_text().splitlines() if line.strip()]
+    return [Sample(images / f"{Path(i).stem}.jpg", labels / f"{Path(i).stem}.png", Path(i).stem) for i in ids]
+
+
+_LISTERS = {"gta5": _pairs_gta5, "cityscapes": _pairs_cityscapes, "synthia": _pairs_synthia, "voc": _pairs_voc}
+
+
+def list_pairs(root: str | Path, dataset: str, split: str = "train") -> list[Sample]:
+    """Every sample of `split` under `root`, sorted by id; label files are named, not checked for existence."""
+    check_dataset(dataset)
+    root = _require_dir(Path(root), dataset)
+    unique = {sample.id: sample for sample in _LISTERS[dataset](root, split)}
+    return [unique[key] for key in sorted(unique)]
+
+
+def _line_id(text: str, dataset: str) -> str:
+    """An id from a list-file line: a bare id or a relative image path (first whitespace-separated field)."""
+    name = Path(text.split()[0]).name
+    for suffix in (".png", ".jpg", ".jpeg"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    if dataset == "cityscapes" and name.endswith("_leftImg8bit"):
+        name = name[: -len("_leftImg8bit")]
+    return name
+
+
+def _expected_image(root: Path, dataset: str, split: str, sample_id: str) -> Path:
+    if dataset == "gta5":
+        return root / "images" / f"{sample_id}.png"
+    if dataset == "synthia":
+        return root / "RGB" / f"{sample_id}.png"
+    if dataset == "voc":
+        return root / "JPEGImages" / f"{sample_id}.jpg"
+    return root / "leftImg8bit" / split / sample_id.split("_")[0] / f"{sample_id}_leftImg8bit.png"
+
+
+def filter_by_list(samples: list[Sample], list_file: str | Path, stream: Stream) -> list[Sample]:
+    """Keep the samples named in `list_file`; an id with no image raises ValueError naming the file and line."""
+    list_path = Path(list_file)
+    if not list_path.is_file():
+        raise ValueError(f"list_file {list_path} does not exist (expected one image id per line)")
+    by_id = {sample.id: sample for sample in samples}
+    chosen: dict[str, Sample] = {}
+    for number, line in enumerate(list_path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        sample_id = _line_id(line, stream.dataset)
+        if sample_id not in by_id:
+            missing = _expected_image(Path(stream.root), stream.dataset, stream.split, sample_id)
+            raise ValueError(f"{list_path}:{number}: id {sample_id!r} has no image; {missing} does not exist")
+        chosen[sample_id] = by_id[sample_id]
+    return [chosen[key] for key in sorted(chosen)]
+
+
+def list_samples(stream: Stream) -> list[Sample]:
+    """The samples of a stream: its dataset's split, restricted to `stream.list_file` when set, sorted by id."""
+    check_dataset(stream.dataset, "stream dataset")
+    if not stream.root:
+        raise ValueError(
+            f"stream root is empty for dataset {stream.dataset!r}; expected:\n{layout_help(stream.dataset)}"
+        )
+    samples = list_pairs(stream.root, stream.dataset, stream.split)
+    if stream.list_file:
+        samples = filter_by_list(samples, stream.list_file, stream)
+    if not samples:
+        raise ValueError(
+            f"{stream.dataset}: no images found under {stream.root} (split {stream.split!r}); expected layout:\n"
+            f"{layout_help(stream.dataset)}"
+        )
+    return samples
+
+
+# --------------------------------------------------------------------------------------------------- reading
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode an image file to (H, W, 3) uint8 RGB; a missing, corrupt or truncated file raises ValueError."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return np.array(image.convert("RGB"))
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"cannot read image {path}: {error}") from error
+
+
+def _read_png16_last_channel(path: Path) -> np.ndarray:
+    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+    planes = info["planes"]
+    dtype = np.uint16 if info["bitdepth"] > 8 else np.uint8
+    array = np.vstack([np.asarray(row, dtype=dtype) for row in rows])
+    if array.shape != (height, width * planes):
+        raise ValueError(f"expected {height} rows of {width * planes} values, got {array.shape}")
+    return np.ascontiguousarray(array.reshape(height, width, planes)[:, :, -1])
+
+
+def read_raw_label(path: str | Path, dataset: str) -> np.ndarray:
+    """The raw ids of a label file: (H, W) uint8, or uint16 for SYNTHIA (the last channel of its 16-bit PNG)."""
+    path = Path(path)
+    try:
+        if dataset == "synthia":
+            return _read_png16_last_channel(path)
+        with Image.open(path) as image:
+            image.load()
+            if image.mode not in ("L", "P"):
+                raise ValueError(f"expected a single-channel 8-bit label (mode L or P), got mode {image.mode}")
+            return np.array(image)
+    except (OSError, SyntaxError, ValueError, png.Error) as error:
+        raise ValueError(f"cannot read {dataset} label {path}: {error}") from error
+
+
+_LUTS: dict[str, np.ndarray] = {}
+
+
+def read_label(path: str | Path, dataset: str) -> np.ndarray:
+    """Read a label file and map it to trainIds: (H, W) uint8, 255 = ignore."""
+    check_dataset(dataset)
+    if dataset not in _LUTS:
+        _LUTS[dataset] = label_lut(dataset)
+    return _LUTS[dataset][read_raw_label(path, dataset)]
+
+
+# --------------------------------------------------------------------------------------------------- checking
+def _orphan_labels(root: Path, dataset: str, split: str, samples: list[Sample]) -> list[Path]:
+    """Label files that no image refers to (the other half of a missing pair)."""
+    patterns = {
+        "gta5": (root / "labels", "*.png"),
+        "synthia": (root / "GT" / "LABELS", "*.png"),
+        "cityscapes": (root / "gtFine" / split, "*/*_gtFine_labelIds.png"),
+        "voc": (root / "SegmentationClassAug", "__none__"),  # VOC lists ids; extra labels are normal (SBD)
+    }
+    folder, pattern = patterns[dataset]
+    known = {sample.label for sample in samples}
+    return sorted(p for p in folder.glob(pattern) if p not in known)
+
+
+def _check_sample(sample: Sample, dataset: str, report: CheckReport) -> None:
+    if not sample.image.is_file():
+        report.missing.append(f"{sample.image}: image missing (its label would be {sample.label})")
+        return
+    if not sample.label.is_file():
+        report.missing.append(f"{sample.image}: image without label (expected {sample.label})")
+        return
+    try:
+        image = read_image(sample.image)
+    except ValueError as error:
+        report.unreadable.append(str(error))
+        return
+    try:
+        raw = read_raw_label(sample.label, dataset)
+    except ValueError as error:
+        report.unreadable.append(str(error))
+        return
+    report.counts["pairs"] += 1
+    if raw.shape != image.shape[:2]:
+        report.size_mismatches.append(f"{sample.label}: label {raw.shape[1]}x{raw.shape[0]} vs image "
+                                      f"{image.shape[1]}x{image.shape[0]} ({sample.image.name})")  # fmt: skip
+    unknown = sorted(set(np.unique(raw).tolist()) - KNOWN_RAW_IDS[dataset])
+    if unknown:
+        report.unknown_ids.append(f"{sample.label}: ids {unknown} are outside the {dataset} protocol")
+
+
+def check_tree(root: str | Path, dataset: str, split: str = "train") -> CheckReport:
+    """Validate a dataset tree: pairs present, both files decodable, equal sizes, only known raw ids."""
+    report = CheckReport(str(root), dataset, split, counts={"images": 0, "labels": 0, "pairs": 0})
+    try:
+        samples = list_pairs(root, dataset, split)
+    except ValueError as error:
+        report.layout_error = str(error)
+        return report
+    orphans = _orphan_labels(Path(root), dataset, split, samples)
+    report.counts["images"] = sum(sample.image.is_file() for sample in samples)
+    report.counts["labels"] = sum(sample.label.is_file() for sample in samples) + len(orphans)
+    for orphan in orphans:
+        report.missing.append(f"{orphan}: label without image")
+    for sample in samples:
+        _check_sample(sample, dataset, report)
+    return report
+
+
+def format_report(report: CheckReport) -> str:
+    """A human-readable summary of a `CheckReport`, one problem per line."""
+    head = f"{report.dataset} at {report.root} (split {report.split!r})"
+    if report.layout_error:
+        return f"{head}: FAILED\n{report.layout_error}"
+    counts = ", ".join(f"{value} {key}" for key, value in report.counts.items())
+    lines = [f"{head}: {counts}"]
+    sections = [
+        ("missing pairs", report.missing),
+        ("size mismatches", report.size_mismatches),
+        ("unreadable files", report.unreadable),
+        ("unknown ids", report.unknown_ids),
+    ]
+    for title, items in sections:
+        if items:
+            lines.append(f"{title} ({len(items)}):")
+            lines.extend(f"  {item}" for item in items)
+    lines.append("OK" if report.ok else "FAILED")
+    return "\n".join(lines)
