@@ -171,6 +171,8 @@ def cmd_data(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from engine.train import NonFiniteLoss
+
     args = _parser().parse_args(argv)
     try:
         if args.command == "train":
@@ -185,9 +187,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "data":
             return cmd_data(args)
         return args.run(args)
-    except (ConfigError, ValueError) as error:
+    except (ConfigError, ValueError, FileNotFoundError) as error:
         print(f"segadapt: error: {error}", file=sys.stderr)
         return 2
+    except NonFiniteLoss as error:
+        print(f"segadapt: stopped: {error}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

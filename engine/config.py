@@ -163,6 +163,8 @@ class AdaptSegNet:
     """GAN objective: "vanilla" (BCE with logits) or "ls" (least squares, MSE)."""
     d_lr: float = 1e-4
     """Discriminator Adam learning rate, LEARNING_RATE_D."""
+    d_width: int = 64
+    """Channels of the discriminator's first conv (official FCDiscriminator ndf = 64; doubled at each layer)."""
     d_betas: tuple[float, float] = (0.9, 0.99)
     """Discriminator Adam betas."""
     d_upsample_output: bool = False
@@ -330,7 +332,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
             raise ConfigError(f"{where}: expected {len(args)} values ({_type_name(tp)}), got {len(value)}: {value!r}")
-        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=False)))
     raise ConfigError(f"{where}: unsupported field type {_type_name(tp)}")  # internal: a field type we never declare
 
 
@@ -488,7 +490,7 @@ def field_docs() -> dict[str, str]:
         if not isinstance(node, ast.ClassDef):
             continue
         body = node.body
-        for first, second in zip(body, body[1:]):
+        for first, second in zip(body, body[1:], strict=False):
             if (
                 isinstance(first, ast.AnnAssign)
                 and isinstance(first.target, ast.Name)

@@ -157,13 +157,13 @@ def check_finite(losses: dict[str, torch.Tensor], step: int) -> dict[str, float]
         return {}
     names = list(losses)
     values = torch.stack([losses[n].float() for n in names]).tolist()  # note: host sync, logging steps only
-    for name, value in zip(names, values):
+    for name, value in zip(names, values, strict=False):
         if not math.isfinite(value):
             raise NonFiniteLoss(
                 f"{name} is {value} at step {step}; stopping. The last good checkpoint is kept "
                 f"(resume with --resume after lowering the learning rate or checking the data)."
             )
-    return dict(zip(names, values))
+    return dict(zip(names, values, strict=False))
 
 
 def maybe_log(run: Run, losses: dict[str, torch.Tensor], logger, progress, start: float) -> None:

@@ -51,7 +51,9 @@ class AdaptSegNet(Method):
         # as the official single-level command (lambda_adv_target1 = 0) leaves D1 untrained.
         levels = {"d_main": ("main", cfg.lambda_adv_target2), "d_aux": ("aux", cfg.lambda_adv_target1)}
         self.levels = {name: spec for name, spec in levels.items() if spec[1] > 0}
-        self.discriminators = nn.ModuleDict({name: build_discriminator(num_classes) for name in self.levels})
+        self.discriminators = nn.ModuleDict(
+            {name: build_discriminator(num_classes, cfg.d_width) for name in self.levels}
+        )
 
     def optimizers(self, optim: Optim) -> dict[str, OptimizerSpec]:
         specs = {"model": segmenter_optimizer(self.model, optim)}

@@ -3,15 +3,14 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from test_methods import NUM_CLASSES
+from test_methods import _batch
 
 from engine import config
 from engine.methods import StepContext
 from engine.methods import build_method
 from engine.models import build_segmenter
 from engine.optim import make_optimizer
-
-from test_methods import NUM_CLASSES
-from test_methods import _batch
 
 
 def _official_gradients(method, batch, cfg):
