@@ -127,11 +127,11 @@ def _dali_loader_class():
 
 
 def resolve_backend(loader: str, device: torch.device) -> str:
-    """The backend `data.loader` means on `device`: "auto" takes DALI on CUDA when it imports, torch otherwise."""
+    """The backend `data.loader` means: "auto" takes DALI wherever it imports (CPU pipelines without a GPU)."""
     if loader not in LOADERS:
         raise ValueError(f"data.loader = {loader!r}: expected one of {', '.join(map(repr, LOADERS))}")
     if loader == "auto":
-        return "dali" if device.type == "cuda" and _dali_loader_class() is not None else "torch"
+        return "dali" if _dali_loader_class() is not None else "torch"
     if loader == "dali" and _dali_loader_class() is None:
         raise ValueError(
             'data.loader = "dali" but nvidia.dali does not import; install the [dali] extra or use "torch"'
