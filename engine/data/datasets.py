@@ -5,7 +5,7 @@ protocol's lookup table (`labels.label_lut`), so every reader returns trainIds (
 
 - gta5:        ROOT/images/NNNNN.png, ROOT/labels/NNNNN.png (Cityscapes labelIds).
 - cityscapes:  ROOT/leftImg8bit/SPLIT/CITY/NAME_leftImg8bit.png, ROOT/gtFine/SPLIT/CITY/NAME_gtFine_labelIds.png.
-- synthia:     ROOT/RGB/NNNNNNN.png, ROOT/GT/LABELS/NNNNNNN.png (16-bit, multi-channel, class id in the last channel;
+- synthia:     ROOT/RGB/NNNNNNN.png, ROOT/GT/LABELS/NNNNNNN.png (16-bit, multi-channel, class id in the first file plane = cv2 channel -1;
                PIL cannot read them, pypng does).
 - voc:         ROOT/JPEGImages/ID.jpg, ROOT/SegmentationClassAug/ID.png, ids in ROOT/ImageSets/Segmentation/SPLIT.txt.
 """
@@ -32,7 +32,7 @@ _LAYOUTS = {
     "cityscapes": "ROOT/leftImg8bit/{train,val}/CITY/NAME_leftImg8bit.png\n"
     "ROOT/gtFine/{train,val}/CITY/NAME_gtFine_labelIds.png   Cityscapes labelIds",
     "synthia": "ROOT/RGB/0000001.png ...           RGB images (SYNTHIA-RAND-CITYSCAPES)\n"
-    "ROOT/GT/LABELS/0000001.png ...     16-bit multi-channel PNG, SYNTHIA class id in the last channel\n"
+    "ROOT/GT/LABELS/0000001.png ...     16-bit multi-channel PNG, SYNTHIA class id in the first plane (cv2 BGR channel -1)\n"
     "(every image belongs to the 'train' split)",
     "voc": "ROOT/JPEGImages/ID.jpg\n"
     "ROOT/SegmentationClassAug/ID.png   class indices 0..20, 255 = boundary\n"
@@ -201,22 +201,26 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ValueError(f"cannot read image {path}: {error}") from error
 
 
-def _read_png16_last_channel(path: Path) -> np.ndarray:
+def _read_synthia_class_channel(path: Path) -> np.ndarray:
+    """SYNTHIA's class id plane: `cv2.imread(f, cv2.IMREAD_UNCHANGED)[:, :, -1]` in MIC/DAFormer's converter.
+
+    cv2 returns channels in BGR order, so its last channel is the file's FIRST (red) plane; pypng yields file order.
+    """
     width, height, rows, info = png.Reader(filename=str(path)).asDirect()
     planes = info["planes"]
     dtype = np.uint16 if info["bitdepth"] > 8 else np.uint8
     array = np.vstack([np.asarray(row, dtype=dtype) for row in rows])
     if array.shape != (height, width * planes):
         raise ValueError(f"expected {height} rows of {width * planes} values, got {array.shape}")
-    return np.ascontiguousarray(array.reshape(height, width, planes)[:, :, -1])
+    return np.ascontiguousarray(array.reshape(height, width, planes)[:, :, 0])
 
 
 def read_raw_label(path: str | Path, dataset: str) -> np.ndarray:
-    """The raw ids of a label file: (H, W) uint8, or uint16 for SYNTHIA (the last channel of its 16-bit PNG)."""
+    """The raw ids of a label file: (H, W) uint8, or uint16 for SYNTHIA (the class plane of its 16-bit PNG)."""
     path = Path(path)
     try:
         if dataset == "synthia":
-            return _read_png16_last_channel(path)
+            return _read_synthia_class_channel(path)
         with Image.open(path) as image:
             image.load()
             if image.mode not in ("L", "P"):

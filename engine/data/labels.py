@@ -5,7 +5,7 @@ Every dataset the engine reads stores its own raw ids; training and evaluation u
 
 - gta5, cityscapes: Cityscapes labelIds -> trainIds (`GTA5DataSet.id_to_trainid`, identical to
   AdaptSegNet's `dataset/cityscapes_list/info.json["label2train"]`); a 256-entry table.
-- synthia: SYNTHIA-RAND-CITYSCAPES class ids (the last channel of the 16-bit GT/LABELS PNGs) -> trainIds
+- synthia: SYNTHIA-RAND-CITYSCAPES class ids (the first plane of the 16-bit GT/LABELS PNGs, cv2 channel -1) -> trainIds
   (MIC/DAFormer `tools/convert_datasets/synthia.py`, TLlib, BDL); a 65536-entry table.
 - voc: identity on 0..20, 255 kept, everything else 255.
 

@@ -420,9 +420,9 @@ def _labelid_png(label: np.ndarray, palette_mode: bool) -> Image.Image:
 
 
 def _write_synthia_label(label: np.ndarray, instance: np.ndarray, path: Path) -> None:
-    """16-bit 3-channel PNG: instance id, 0, SYNTHIA class id (the channel readers take)."""
+    """16-bit 3-channel PNG in file order: SYNTHIA class id (cv2's channel -1, as it reads BGR), instance id, 0."""
     height, width = label.shape
-    planes = np.stack([instance.astype(np.uint16), np.zeros_like(label, np.uint16), SYNTHIA_OF_TRAINID[label]], -1)
+    planes = np.stack([SYNTHIA_OF_TRAINID[label], instance.astype(np.uint16), np.zeros_like(label, np.uint16)], -1)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as handle:
         png.Writer(width, height, greyscale=False, bitdepth=16).write(handle, planes.reshape(height, width * 3))

@@ -72,12 +72,13 @@ def test_cityscapes_splits_sorted(tmp_path):
     np.testing.assert_array_equal(read_label(val[0].label, "cityscapes"), TRAIN)
 
 
-def test_synthia_16bit_last_channel(tmp_path):
+def test_synthia_16bit_class_plane_is_cv2_channel_minus_one(tmp_path):
     root = tmp_path / "synthia"
     _save(_rgb(), root / "RGB" / "0000001.png")
     # SYNTHIA ids: 3 road -> 0, 8 car -> 13, 1 sky -> 10, 300 unknown -> 255; other channels hold large values.
+    # The official converters read cv2.imread(...)[:, :, -1]; cv2 is BGR, so that is the file's first plane.
     ids = np.array([[3, 8, 1, 300], [8, 8, 3, 0]], dtype=np.uint16)
-    planes = np.stack([np.full_like(ids, 4000), np.full_like(ids, 65535), ids], -1)
+    planes = np.stack([ids, np.full_like(ids, 4000), np.full_like(ids, 65535)], -1)
     (root / "GT" / "LABELS").mkdir(parents=True)
     with open(root / "GT" / "LABELS" / "0000001.png", "wb") as handle:
         png.Writer(4, 2, greyscale=False, bitdepth=16).write(handle, planes.reshape(2, 12))
