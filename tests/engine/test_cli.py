@@ -1,5 +1,7 @@
 """The `segadapt` command line: --help documents every field, data tools, and clear errors for missing data."""
 
+import json
+
 import pytest
 
 from engine import cli
@@ -36,3 +38,38 @@ def test_data_synthshift_and_check(tmp_path, capsys):
     assert cli.main(["data", "check", str(tmp_path / "gta5"), "--dataset", "gta5"]) == 1
     assert label.name in capsys.readouterr().out
     assert cli.main(["data", "synthshift", "--out", str(tmp_path / "x"), "--size", "64by32"]) == 2
+
+
+def test_demo_code_path_at_toy_size(tmp_path, capsys):
+    """`run.sh demo` end to end at a toy size: generate, train both methods, table, then evaluate and report."""
+    sets = {
+        "model.width": "8",
+        "data.synthshift.out": f'"{tmp_path / "synth"}"',
+        "data.synthshift.count": "8",
+        "data.synthshift.size": "[64, 32]",
+        "data.source.root": f'"{tmp_path / "synth" / "gta5"}"',
+        "data.target.root": f'"{tmp_path / "synth" / "cityscapes"}"',
+        "data.val.root": f'"{tmp_path / "synth" / "cityscapes"}"',
+        "data.num_workers": "0",
+        "schedule.stop_step": "4",
+        "schedule.total_steps": "4",
+        "train.eval_every": "2",
+        "train.checkpoint_every": "2",
+        "train.progress": "false",
+        "train.run_dir": f'"{tmp_path / "runs" / "{method}"}"',
+    }
+    args = [x for key, value in sets.items() for x in ("--set", f"{key}={value}")]
+    assert cli.main(["train", "demo", *args]) == 0
+    out = capsys.readouterr().out
+    assert "| class | adaptsegnet | sourceonly |" in out and "**mIoU**" in out
+    for method in ("adaptsegnet", "sourceonly"):
+        results = json.loads((tmp_path / "runs" / method / "results.json").read_text())
+        assert results["steps"] == 4 and results["best"]["step"] in (2, 4)
+        assert results["best"]["miou"] >= results["last"]["miou"]
+    best = tmp_path / "runs" / "adaptsegnet" / "best.pt"
+    assert cli.main(["evaluate", "demo", "--checkpoint", str(best), "--out", str(tmp_path / "ev"), *args]) == 0
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    results = json.loads((tmp_path / "runs" / "adaptsegnet" / "results.json").read_text())
+    assert metrics["miou"] == pytest.approx(results["best"]["miou"], abs=1e-6)  # best.pt reproduces its score
+    assert cli.main(["report", str(tmp_path / "runs" / "adaptsegnet")]) == 0
+    assert (tmp_path / "runs" / "adaptsegnet" / "report" / "summary.md").is_file()
