@@ -1,12 +1,16 @@
 """MemoryQueue: the fused Triton enqueue (interpreter on CPU) and its reference against a list-based oracle."""
 
+import importlib
+
 import pytest
 import torch
 
-import kernels.memory_queue as module
 from kernels.memory_queue import MemoryQueue
 from kernels.memory_queue import memory_queue_enqueue_ref
 from kernels.memory_queue import u2pl_lengths
+
+# kernels/__init__.py re-exports the op under the module's own name, so fetch the module itself.
+module = importlib.import_module("kernels.memory_queue")
 
 LENGTHS = [7, 3, 5, 1]
 DIM = 6

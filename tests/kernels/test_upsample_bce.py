@@ -1,13 +1,16 @@
 """upsample_bce: Triton (interpreter on CPU) against upsample_bce_ref, for loss, sigmoid and d_logits.grad."""
 
+import importlib
 import math
 
 import pytest
 import torch
 
-import kernels.upsample_bce as module
 from kernels.upsample_bce import upsample_bce
 from kernels.upsample_bce import upsample_bce_ref
+
+# kernels/__init__.py re-exports the op under the module's own name, so fetch the module itself.
+module = importlib.import_module("kernels.upsample_bce")
 
 # (N, h, w, H, W): discriminator map size -> output size.
 SHAPES = [
