@@ -14,16 +14,21 @@ from engine import config as config_module
 from engine.config import ConfigError
 
 
-def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", help="recipe name (stem of recipes/NAME.toml) or path to a TOML file")
+def add_set_argument(parser: argparse.ArgumentParser, example: str = "train.seed=3") -> None:
+    """The one way to change a config from the command line: repeatable `--set dotted.key=value`."""
     parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config field, e.g. --set train.seed=3 (repeatable; value parsed as TOML)",
+        help=f"override a config field, e.g. --set {example} (repeatable; value parsed as TOML)",
     )
+
+
+def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="recipe name (stem of recipes/NAME.toml) or path to a TOML file")
+    add_set_argument(parser)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -659,14 +659,9 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--recipe", default=None, help=f"architecture of an official snapshot (default {DEFAULT_RECIPE})"
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set export.dynamic=true (repeatable)",
-    )
+    from engine.cli import add_set_argument
+
+    add_set_argument(parser, "export.dynamic=true")
     parser.add_argument(
         "--images",
         default=None,

@@ -253,14 +253,9 @@ def add_predict_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("images", nargs="+", help="image files and/or directories of images")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--recipe", default=None, help="architecture of an official snapshot (default adaptseg_gta2cs)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a field of a checkpoint's config, e.g. --set eval.input_size=[1024,512]",
-    )
+    from engine.cli import add_set_argument
+
+    add_set_argument(parser, "eval.input_size=[1024,512]")
     parser.add_argument("--device", default="auto", help="checkpoint device: auto, cpu or cuda (default auto)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the label colours")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -336,7 +336,7 @@ def _run(pipe: Any, feed: _Feed) -> tuple[Any, Any]:
         raise ValueError(f"DALI pipeline failed on a batch of {names}: {error}") from error
 
 
-class StreamLoader:
+class StreamLoader(torch_loader.StreamPosition):
     """DALI twin of `torch_loader.StreamLoader`: the same constructor, batches, order, state and sharding.
 
     Each batch is {"image": (N, H, W, 3) uint8, "label": (N, H, W) uint8} on `device` (the GPU when present:
@@ -414,24 +414,8 @@ class StreamLoader:
             self.close()  # a failed DALI pipeline cannot run again
             raise
         self._feed.pending.popleft()
-        self.position += 1
-        if self.position == self.batches_per_epoch:
-            self.epoch, self.position = self.epoch + 1, 0
+        self._advance()
         return {"image": _to_torch(image), "label": _to_torch(label)[..., 0]}
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continue from a saved state; batches DALI had prefetched are dropped with the old pipeline."""
-        epoch, position = int(state["epoch"]), int(state["position"])
-        if epoch < 0 or not 0 <= position < self.batches_per_epoch:
-            raise ValueError(
-                f"data.{self.name} loader state {state!r}: position must be in [0, {self.batches_per_epoch}) "
-                "(was the checkpoint written with another batch_size, dataset or world size?)"
-            )
-        self.close()
-        self.epoch, self.position = epoch, position
 
     def close(self) -> None:
         """Drop the pipeline (its threads and buffers); the next batch builds a fresh one at the current state."""

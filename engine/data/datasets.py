@@ -5,7 +5,7 @@ protocol's lookup table (`labels.label_lut`), so every reader returns trainIds (
 
 - gta5:        ROOT/images/NNNNN.png, ROOT/labels/NNNNN.png (Cityscapes labelIds).
 - cityscapes:  ROOT/leftImg8bit/SPLIT/CITY/NAME_leftImg8bit.png, ROOT/gtFine/SPLIT/CITY/NAME_gtFine_labelIds.png.
-- synthia:     ROOT/RGB/NNNNNNN.png, ROOT/GT/LABELS/NNNNNNN.png (16-bit, multi-channel, class id in the first file plane = cv2 channel -1;
+- synthia:     ROOT/RGB/NNNNNNN.png, ROOT/GT/LABELS/NNNNNNN.png (16-bit, class id in the first plane = cv2 channel -1;
                PIL cannot read them, pypng does).
 - voc:         ROOT/JPEGImages/ID.jpg, ROOT/SegmentationClassAug/ID.png, ids in ROOT/ImageSets/Segmentation/SPLIT.txt.
 """
@@ -32,7 +32,7 @@ _LAYOUTS = {
     "cityscapes": "ROOT/leftImg8bit/{train,val}/CITY/NAME_leftImg8bit.png\n"
     "ROOT/gtFine/{train,val}/CITY/NAME_gtFine_labelIds.png   Cityscapes labelIds",
     "synthia": "ROOT/RGB/0000001.png ...           RGB images (SYNTHIA-RAND-CITYSCAPES)\n"
-    "ROOT/GT/LABELS/0000001.png ...     16-bit multi-channel PNG, SYNTHIA class id in the first plane (cv2 BGR channel -1)\n"
+    "ROOT/GT/LABELS/0000001.png ...     16-bit PNG, class id in the first plane (cv2 BGR channel -1)\n"
     "(every image belongs to the 'train' split)",
     "voc": "ROOT/JPEGImages/ID.jpg\n"
     "ROOT/SegmentationClassAug/ID.png   class indices 0..20, 255 = boundary\n"

@@ -208,7 +208,41 @@ def _collate(items: list[tuple[torch.Tensor, torch.Tensor, str]]) -> dict[str, t
 
 
 # ------------------------------------------------------------------------------------------------------ loader
-class StreamLoader:
+class StreamPosition:
+    """(epoch, position) of an endless stream, counting batches the trainer consumed; shared by both loaders.
+
+    Subclasses set `name`, `batches_per_epoch`, `epoch`, `position` and implement `close()` (drop prefetched work).
+    """
+
+    name: str
+    batches_per_epoch: int
+    epoch: int
+    position: int
+
+    def _advance(self) -> None:
+        self.position += 1
+        if self.position == self.batches_per_epoch:
+            self.epoch, self.position = self.epoch + 1, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from a saved state; batches the loader had prefetched are dropped."""
+        epoch, position = int(state["epoch"]), int(state["position"])
+        if epoch < 0 or not 0 <= position < self.batches_per_epoch:
+            raise ValueError(
+                f"data.{self.name} loader state {state!r}: position must be in [0, {self.batches_per_epoch}) "
+                "(was the checkpoint written with another batch_size, dataset or world size?)"
+            )
+        self.close()
+        self.epoch, self.position = epoch, position
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class StreamLoader(StreamPosition):
     """Endless raw batches of one stream, reshuffled every epoch, sharded by rank, resumable.
 
     Each batch is {"image": (N, H, W, 3) uint8, "label": (N, H, W) uint8} on the CPU (pinned when CUDA is present).
@@ -265,24 +299,8 @@ class StreamLoader:
         if self._iterator is None:
             self._iterator = self._start()
         batch = next(self._iterator)
-        self.position += 1
-        if self.position == self.batches_per_epoch:
-            self.epoch, self.position = self.epoch + 1, 0
+        self._advance()
         return batch
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continue from a saved state; batches the workers had prefetched are dropped."""
-        epoch, position = int(state["epoch"]), int(state["position"])
-        if epoch < 0 or not 0 <= position < self.batches_per_epoch:
-            raise ValueError(
-                f"data.{self.name} loader state {state!r}: position must be in [0, {self.batches_per_epoch}) "
-                "(was the checkpoint written with another batch_size, dataset or world size?)"
-            )
-        self.close()
-        self.epoch, self.position = epoch, position
 
     def close(self) -> None:
         """Stop the worker processes (they also stop when the loader is garbage collected)."""
