@@ -271,15 +271,36 @@ def _entropy_percentile_fwd(
     return entropy, threshold, reliable, unreliable
 
 
+# The launcher is registered as a torch.library custom op so that torch.compile(fullgraph=True) sees one opaque op
+# with a fake (meta) implementation instead of tracing into Triton's launch machinery, which Dynamo cannot follow
+# (it stops at triton._C.libtriton.getenv_bool). Schemas need concrete types, so the percentile travels either as a
+# 0-d tensor or as a float, whichever the caller gave (a float never becomes a host-to-device copy).
+@torch.library.custom_op("segadapt::entropy_percentile", mutates_args=())
+def _entropy_percentile_op(
+    logits: Tensor, ignore: Tensor, percentile_tensor: Tensor | None, percentile_value: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    percentile = percentile_value if percentile_tensor is None else percentile_tensor
+    return _entropy_percentile_fwd(logits, ignore, percentile)
+
+
+@_entropy_percentile_op.register_fake
+def _(logits, ignore, percentile_tensor, percentile_value):
+    _check_inputs(logits, ignore)
+    _check_percentile(percentile_value if percentile_tensor is None else percentile_tensor)
+    batch, _, height, width = logits.shape
+    entropy = logits.new_empty((batch, height, width), dtype=torch.float32)
+    mask = logits.new_empty((batch, height, width), dtype=torch.bool)
+    return entropy, logits.new_empty((), dtype=torch.float32), mask, torch.empty_like(mask)
+
+
 def entropy_percentile(
     logits: Tensor, ignore: Tensor, percentile: float | Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Softmax entropy per pixel, its percentile over the non-ignored pixels, and U2PL's reliable/unreliable split.
 
-    No gradient flows (teacher outputs). Under torch.compile the launcher traces as plain torch ops plus
-    user-defined Triton kernels (no autograd.Function, no data-dependent shapes, no host reads), so no custom_op
-    registration is needed. The radix-select kernels accumulate with atomics and are deliberately not autotuned: an
-    autotuner would need a reset_to_zero hook, which traced user-defined kernels may not honour (unverified here).
+    No gradient flows (teacher outputs). Under torch.compile the Triton path is one opaque custom op
+    (segadapt::entropy_percentile) with a fake implementation. The radix-select kernels accumulate with atomics
+    and are deliberately not autotuned: an autotuner would need a reset_to_zero hook on the histograms.
 
     Args:
         logits: (N, C, H, W) float32/bfloat16/float16, NCHW-contiguous or channels-last.
@@ -293,7 +314,11 @@ def entropy_percentile(
     if not use_triton(logits, ignore):
         _check_inputs(logits, ignore)
         return entropy_percentile_ref(logits, ignore, percentile)
-    return _entropy_percentile_fwd(logits, ignore, percentile)
+    _check_inputs(logits, ignore)
+    _check_percentile(percentile)
+    if isinstance(percentile, Tensor):
+        return _entropy_percentile_op(logits, ignore, percentile, 0.0)
+    return _entropy_percentile_op(logits, ignore, None, float(percentile))
 
 
 def main() -> None:

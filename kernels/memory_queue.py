@@ -179,6 +179,28 @@ def _memory_queue_enqueue(
     return storage, write_ptr, count
 
 
+# The launcher is registered as a torch.library custom op that mutates the ring state in place, so that
+# torch.compile(fullgraph=True) sees one opaque op instead of tracing into Triton's launch machinery, which Dynamo
+# cannot follow (it stops at triton._C.libtriton.getenv_bool). A custom op may not return aliases of its inputs, so
+# it returns nothing and `memory_queue_enqueue` returns the (mutated) tensors it was given.
+@torch.library.custom_op("segadapt::memory_queue_enqueue", mutates_args=("storage", "write_ptr", "count"))
+def _memory_queue_enqueue_op(
+    storage: Tensor,
+    offsets: Tensor,
+    lengths: Tensor,
+    write_ptr: Tensor,
+    count: Tensor,
+    features: Tensor,
+    classes: Tensor,
+) -> None:
+    _memory_queue_enqueue(storage, offsets, lengths, write_ptr, count, features, classes)
+
+
+@_memory_queue_enqueue_op.register_fake
+def _(storage, offsets, lengths, write_ptr, count, features, classes):
+    _check_enqueue(storage, offsets, features, classes)
+
+
 def memory_queue_enqueue(
     storage: Tensor,
     offsets: Tensor,
@@ -191,7 +213,7 @@ def memory_queue_enqueue(
     """Append keys to their classes' rings in place (see the module docstring); returns (storage, write_ptr, count).
 
     The ring state mutates in place and nothing needs a gradient, so no autograd.Function is involved; under
-    torch.compile the launcher traces as torch ops plus one user-defined Triton kernel.
+    torch.compile the Triton path is one opaque custom op (segadapt::memory_queue_enqueue) mutating the state.
 
     Args:
         storage: (S, dim) ring storage, unit stride along dim.
@@ -202,7 +224,9 @@ def memory_queue_enqueue(
     if not use_triton(storage, features):
         _check_enqueue(storage, offsets, features, classes)
         return memory_queue_enqueue_ref(storage, offsets, lengths, write_ptr, count, features, classes)
-    return _memory_queue_enqueue(storage, offsets, lengths, write_ptr, count, features, classes)
+    _check_enqueue(storage, offsets, features, classes)
+    _memory_queue_enqueue_op(storage, offsets, lengths, write_ptr, count, features.detach(), classes)
+    return storage, write_ptr, count
 
 
 class MemoryQueue:

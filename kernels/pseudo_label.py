@@ -244,6 +244,52 @@ def _pseudo_label_fwd(
     return label, conf, encoded
 
 
+# The launchers are registered as torch.library custom ops so that torch.compile(fullgraph=True) sees opaque ops with
+# fake (meta) implementations instead of tracing into Triton's launch machinery, which Dynamo cannot follow (it stops
+# at triton._C.libtriton.getenv_bool). Schemas have no memory_format or optional-output types: the layout travels as
+# a channels_last bool and a skipped one-hot as an empty (0,) tensor, mapped back to None by `pseudo_label`.
+@torch.library.custom_op("segadapt::pseudo_label", mutates_args=())
+def _pseudo_label_op(
+    logits: Tensor,
+    confidence_mask: Tensor | None,
+    threshold: float | None,
+    ignore: Tensor | None,
+    one_hot: bool,
+    channels_last: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    label, conf, encoded = _pseudo_label_fwd(logits, confidence_mask, threshold, ignore, one_hot, memory_format)
+    return label, conf, logits.new_empty((0,), dtype=torch.float32) if encoded is None else encoded
+
+
+@_pseudo_label_op.register_fake
+def _(logits, confidence_mask, threshold, ignore, one_hot, channels_last):
+    _check_inputs(logits, confidence_mask, ignore)
+    batch, _, height, width = logits.shape
+    label = logits.new_empty((batch, height, width), dtype=torch.int64)
+    conf = logits.new_empty((batch, height, width), dtype=torch.float32)
+    if not one_hot:
+        return label, conf, logits.new_empty((0,), dtype=torch.float32)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return label, conf, torch.empty_like(logits, dtype=torch.float32, memory_format=memory_format)
+
+
+@torch.library.custom_op("segadapt::one_hot_labels", mutates_args=())
+def _one_hot_labels_op(label: Tensor, num_classes: int, channels_last: bool) -> Tensor:
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    return _one_hot_labels_fwd(label, num_classes, memory_format)
+
+
+@_one_hot_labels_op.register_fake
+def _(label, num_classes, channels_last):
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    _check_one_hot_inputs(label, num_classes, memory_format)
+    batch, height, width = label.shape
+    return label.new_empty((batch, num_classes, height, width), dtype=torch.float32).contiguous(
+        memory_format=memory_format
+    )
+
+
 def _one_hot_labels_fwd(label: Tensor, num_classes: int, memory_format: torch.memory_format) -> Tensor:
     _check_one_hot_inputs(label, num_classes, memory_format)
     batch, height, width = label.shape
@@ -287,7 +333,8 @@ def one_hot_labels(
     if not use_triton(label):
         _check_one_hot_inputs(label, num_classes, memory_format)
         return one_hot_labels_ref(label, num_classes, memory_format)
-    return _one_hot_labels_fwd(label, num_classes, memory_format)
+    _check_one_hot_inputs(label, num_classes, memory_format)
+    return _one_hot_labels_op(label, num_classes, memory_format == torch.channels_last)
 
 
 def pseudo_label(
@@ -301,8 +348,8 @@ def pseudo_label(
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Argmax pseudo-labels with confidence masking, in one pass over the logits.
 
-    No gradient (the labels are targets). Under torch.compile this traces as user-defined Triton kernels with no
-    autograd.Function and no host reads, so no custom_op registration is needed.
+    No gradient (the labels are targets). Under torch.compile the Triton path is one opaque custom op
+    (segadapt::pseudo_label) with a fake implementation.
 
     Args:
         logits: (N, C, H, W) float32/bfloat16/float16, NCHW-contiguous or channels-last.
@@ -324,7 +371,12 @@ def pseudo_label(
             logits, confidence_mask=confidence_mask, threshold=threshold, ignore=ignore, one_hot=one_hot,
             memory_format=memory_format,
         )  # fmt: skip
-    return _pseudo_label_fwd(logits, confidence_mask, threshold, ignore, one_hot, memory_format)
+    _check_options(confidence_mask, threshold, memory_format)
+    _check_inputs(logits, confidence_mask, ignore)
+    channels_last = memory_format == torch.channels_last
+    threshold = None if threshold is None else float(threshold)
+    label, conf, encoded = _pseudo_label_op(logits, confidence_mask, threshold, ignore, one_hot, channels_last)
+    return label, conf, encoded if one_hot else None
 
 
 def main() -> None:
