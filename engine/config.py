@@ -239,6 +239,10 @@ class Train:
     """Also write TensorBoard event files next to metrics.jsonl."""
     compare_methods: tuple[str, ...] = ()
     """Baselines trained with the same recipe afterwards and tabulated next to this method (the demo uses it)."""
+    official_host_roundtrips: bool = False
+    """Reproduce the official loops' per-iteration host reads: every loss read with .item()-equivalent each step, as
+    train_gta2cityscapes_multi.py's loss_seg_value += loss.data.cpu().numpy() does; for benchmarking the official-style
+    loop only."""
 
 
 # ----------------------------------------------------------------------------------------------------------- eval

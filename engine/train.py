@@ -92,7 +92,9 @@ def build_everything(cfg: Config) -> Run:
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     method = build_method(model, cfg).to(device)
-    streams = Streams(cfg.data, list(method.streams), seed=cfg.train.seed, device=device)
+    streams = Streams(
+        cfg.data, list(method.streams), seed=cfg.train.seed, device=device, channels_last=cfg.model.channels_last
+    )
     if cfg.model.compile == "on" or (cfg.model.compile == "auto" and device.type == "cuda"):
         method.net = torch.compile(model)
     specs = method.optimizers(cfg.optim)
@@ -104,13 +106,16 @@ def build_everything(cfg: Config) -> Run:
 
 
 def train_step(run: Run, step: int) -> dict[str, torch.Tensor]:
-    """One optimizer step: `iter_size` micro-steps of the method, then the scaler update. No host sync."""
+    """One optimizer step: `iter_size` micro-steps, then the scaler update. No host sync unless asked."""
     set_lr(run.optimizers, run.specs, lr_factor(run.cfg.schedule, step))
     run.ctx.step_index = step
     for micro in range(run.cfg.train.iter_size):
         run.ctx.micro_step = micro
         batch = {name: run.streams.next(name) for name in run.method.streams}
         losses = run.method.train_step(batch, run.ctx)
+    if run.cfg.train.official_host_roundtrips:
+        for value in losses.values():
+            value.item()  # note: host sync on EVERY step, on purpose: the official loop's per-step loss reads
     run.ctx.scaler.update()
     return losses
 
@@ -126,10 +131,8 @@ def train(cfg: Config, resume: str | None = None, log=print) -> dict:
     progress = make_progress(cfg, run.step)
     pending: dict[str, torch.Tensor] = {}
     start = time.perf_counter()
-    step = run.step
     for step in range(run.step, cfg.schedule.stop_step):
-        losses = train_step(run, step)
-        pending = {k: v for k, v in losses.items()}
+        pending = train_step(run, step)
         run.step = step + 1
         progress.update(1)
         if run.step % cfg.train.log_every == 0 or run.step == cfg.schedule.stop_step:

@@ -151,8 +151,10 @@ class Streams:
     """
 
     def __init__(self, data: Data, names: list[str], seed: int, rank: int = 0, world_size: int = 1,
-                 device: torch.device | str = "cpu") -> None:  # fmt: skip
+                 device: torch.device | str = "cpu", channels_last: bool = True) -> None:  # fmt: skip
         self.data, self.device = data, torch.device(device)
+        # An NCHW model must get NCHW images: a channels-last input alone makes convolutions run channels-last.
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.backend = resolve_backend(data.loader, self.device)
         self.loaders = {name: self._build(name, seed, rank, world_size) for name in names}
 
@@ -171,8 +173,11 @@ class Streams:
         return StreamLoader(stream, name, seed, rank, world_size, num_workers=workers, prefetch=prefetch)
 
     def next(self, name: str) -> dict[str, Tensor]:
-        """The next batch of stream `name`: image (N, 3, H, W) float32 channels-last, label (N, H, W) int64."""
-        return to_batch(next(self.loaders[name]), self.data, self.device)
+        """The next batch of stream `name`: image (N, 3, H, W) float32 in `memory_format`, label (N, H, W) int64."""
+        batch = to_batch(next(self.loaders[name]), self.data, self.device)
+        if self.memory_format is torch.contiguous_format:
+            batch["image"] = batch["image"].contiguous()  # the one copy an NCHW (official-style) run pays
+        return batch
 
     def state_dict(self) -> dict[str, dict[str, int]]:
         return {name: loader.state_dict() for name, loader in self.loaders.items()}
