@@ -25,9 +25,11 @@ def _demo(synth, run_dir, **overrides) -> config.Config:
         "data.source.root": str(synth / "gta5"),
         "data.source.batch_size": 2,
         "data.source.flip": False,
+        "data.source.resize": [0, 0],  # native size: no resize filter, so the two loaders are bit-identical
         "data.target.root": str(synth / "cityscapes"),
         "data.target.batch_size": 2,
         "data.target.flip": False,
+        "data.target.resize": [0, 0],
         "data.val.dataset": "",
         "method.d_upsample_output": True,  # exercise upsample_bce as well as upsample_cross_entropy
         "method.lambda_adv_target1": 0.01,
