@@ -312,6 +312,7 @@ class MemoryQueue:
         missing = sorted({"storage", "lengths", "write_ptr", "count"} - set(state))
         if missing:
             raise ValueError(f"state: missing keys {missing} (expected a MemoryQueue.state_dict())")
+        # host read: checkpoint load only, never in a training step
         if not torch.equal(state["lengths"].to("cpu", torch.int64), self.lengths.cpu()):
             raise ValueError(f"state['lengths']: expected {self.lengths.tolist()}, got {state['lengths'].tolist()}")
         if tuple(state["storage"].shape) != tuple(self.storage.shape):

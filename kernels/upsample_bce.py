@@ -446,6 +446,7 @@ def main() -> None:
     value.backward()
     reference = upsample_bce_ref(d_logits.detach(), (33, 65), target, align_corners=True)
     path = "triton" if use_triton(d_logits) else "reference (set TRITON_INTERPRET=1)"
+    # host reads: CPU demo in main(), never in a training step
     print(f"{path} {value.item():.6f}  reference {reference.item():.6f}  mean sigmoid {sigmoid.mean().item():.4f}")
 
 

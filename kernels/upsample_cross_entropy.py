@@ -458,6 +458,7 @@ def main() -> None:
     loss.backward()
     reference = upsample_cross_entropy_ref(logits.detach(), labels, align_corners=False)
     path = "triton" if use_triton(logits) else "reference (set TRITON_INTERPRET=1)"
+    # host reads: CPU demo in main(), never in a training step
     print(f"{path} {loss.item():.6f}  reference {reference.item():.6f}  |grad| {logits.grad.norm().item():.6f}")
 
 
