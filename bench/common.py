@@ -111,7 +111,7 @@ def _git_sha() -> str | None:
 
 
 def env_stamp(device: str = "cuda") -> dict[str, Any]:
-    """Device and software versions every result JSON carries (`dali` and `triton` are None if not installed)."""
+    """Device, software versions and CPU thread count every result JSON carries (`dali`/`triton` None if absent)."""
     return {
         "device_name": _device_name(device),
         "torch": torch.__version__,
@@ -119,6 +119,7 @@ def env_stamp(device: str = "cuda") -> dict[str, Any]:
         "dali": _package_version("nvidia-dali-cuda120", "nvidia-dali-cuda110", "nvidia-dali"),
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
+        "cpu_threads": torch.get_num_threads(),  # intra-op threads: CPU timings depend on it
         "git_sha": _git_sha(),
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -215,6 +216,7 @@ def write_json(path: str | Path, payload: Any) -> Path:
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp creates 0600; results are meant to be read and committed
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
