@@ -234,3 +234,10 @@ def result_path(bench: str, precision: str, layout: str, device: str, root: str 
     cuda_version = torch.version.cuda or "none"
     name = f"{bench}-{precision}-{layout}-pt{torch_version}-cu{cuda_version}-{_slug(device)}.json"
     return Path(root) / name
+
+
+def check_counts(parser, args, positive: tuple[str, ...], non_negative: tuple[str, ...] = ("warmup",)) -> None:
+    """argparse error naming the flag when a count that must be >= 1 (or >= 0) is not."""
+    for name, low in [(n, 1) for n in positive] + [(n, 0) for n in non_negative]:
+        if getattr(args, name) < low:
+            parser.error(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")

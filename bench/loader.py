@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from bench.common import Case
+from bench.common import check_counts
 from bench.common import env_stamp
 from bench.common import markdown_table
 from bench.common import result_path
@@ -202,11 +203,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache", type=Path, default=CACHE, help="where generated images are kept")
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/loader-...json)")
     args = parser.parse_args(argv)
-    for flag in ("batch_size", "count", "prefetch", "batches"):
-        if getattr(args, flag) < 1:
-            parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    if args.warmup < 0:
-        parser.error(f"--warmup must be >= 0, got {args.warmup}")
+    check_counts(parser, args, ("batch_size", "count", "prefetch", "batches"))
     return args
 
 

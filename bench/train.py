@@ -42,6 +42,7 @@ from typing import Any
 import torch
 
 from bench.common import RESULTS_DIR
+from bench.common import check_counts
 from bench.common import env_stamp
 from bench.common import markdown_table
 from bench.common import write_json
@@ -449,11 +450,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.skip = dict(args.skip)
     args.profile_steps = args.steps if args.profile_steps is None else args.profile_steps
-    for flag in ("steps", "profile_steps", "count"):
-        if getattr(args, flag) < 1:
-            parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    if args.warmup < 0:
-        parser.error(f"--warmup must be >= 0, got {args.warmup}")
+    check_counts(parser, args, ("steps", "profile_steps", "count"))
     return args
 
 
