@@ -38,7 +38,8 @@ class ConfigError(ValueError):
 @_frozen
 class Model:
     name: str = "deeplabv2"
-    """Segmenter architecture: "deeplabv2" (DeepLab-v2, AdaptSegNet/AdvSemiSeg) or "toy" (two-layer test net)."""
+    """Segmenter architecture: "deeplabv2" (DeepLab-v2, AdaptSegNet/AdvSemiSeg), "deeplabv3plus" (U2PL), "fcn8s"
+    (LSD-seg), "hypercolumn" (Mix-and-Match) or "toy" (two-layer test net)."""
     backbone: str = "resnet101"
     """ResNet depth: "resnet18", "resnet34", "resnet50" or "resnet101" (the official one)."""
     width: int = 64
@@ -70,6 +71,15 @@ class Stream:
     """Split of the dataset: "train" or "val" (Cityscapes, VOC); GTA5 and SYNTHIA use every image for "train"."""
     list_file: str = ""
     """Optional file of image ids, one per line (U2PL split format); empty means the whole split."""
+    fraction: float = 1.0
+    """Keep this fraction of the (listed) images, drawn at random with `split_seed` (AdvSemiSeg's --partial-data);
+    1.0 keeps all. The ids drawn are written to the run directory's splits/ folder."""
+    count: int = 0
+    """Keep exactly this many images, drawn like `fraction` (U2PL's 92 / 183 / ... label counts); 0 = use fraction."""
+    split_seed: int = 0
+    """Seed of the `fraction` / `count` draw; the same seed draws the same ids on every machine."""
+    complement: bool = False
+    """Take the images the `fraction` / `count` draw leaves out instead (the unlabeled rest of a partial split)."""
     batch_size: int = 1
     """Images per step on this stream (per process)."""
     resize: tuple[int, int] = (0, 0)
@@ -175,12 +185,51 @@ class AdaptSegNet:
     """Domain label of target predictions."""
 
 
+# <advsemiseg section: owned by the AdvSemiSeg work>
+@_frozen
+class AdvSemiSeg:
+    name: str = "advsemiseg"
+    """Method name; selects this section's fields."""
+
+
+# <u2pl section: owned by the U2PL work>
+@_frozen
+class U2PL:
+    name: str = "u2pl"
+    """Method name; selects this section's fields."""
+
+
+# <lsdseg section: owned by the LSD-seg work>
+@_frozen
+class LSDSeg:
+    name: str = "lsdseg"
+    """Method name; selects this section's fields."""
+
+
+# <mixmatch sections: owned by the Mix-and-Match work>
+@_frozen
+class Colorization:
+    name: str = "colorization"
+    """Method name: Mix-and-Match stage 1, self-supervised colorization pre-training."""
+
+
+@_frozen
+class MixMatch:
+    name: str = "mixmatch"
+    """Method name: Mix-and-Match stage 2, patch sampling + class-wise graph + triplet loss."""
+
+
 METHOD_SECTIONS: dict[str, type] = {
     "sourceonly": SourceOnly,
     "supervised": Supervised,
     "adaptsegnet": AdaptSegNet,
+    "advsemiseg": AdvSemiSeg,
+    "u2pl": U2PL,
+    "lsdseg": LSDSeg,
+    "colorization": Colorization,
+    "mixmatch": MixMatch,
 }
-MethodSection = SourceOnly | Supervised | AdaptSegNet
+MethodSection = SourceOnly | Supervised | AdaptSegNet | AdvSemiSeg | U2PL | LSDSeg | Colorization | MixMatch
 
 
 # -------------------------------------------------------------------------------------------- optim and schedule

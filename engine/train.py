@@ -125,6 +125,7 @@ def train(cfg: Config, resume: str | None = None, log=print) -> dict:
     run = build_everything(cfg)
     run.run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint.atomic_write_json(run.run_dir / "config.json", to_dict(cfg))
+    write_splits(run)
     if resume is not None:
         restore(run, resume, log)
     logger = MetricsLogger(run.run_dir, cfg.train.tensorboard)
@@ -151,6 +152,18 @@ def train(cfg: Config, resume: str | None = None, log=print) -> dict:
     summary = {"recipe": cfg.recipe, "method": cfg.method.name, "steps": run.step, "last": result, "best": run.best}
     checkpoint.atomic_write_json(run.run_dir / "results.json", summary)
     return summary
+
+
+def write_splits(run: Run) -> None:
+    """Record the image ids of every partial stream (fraction / count / complement) in run_dir/splits/NAME.txt,
+    so a random split (AdvSemiSeg's train_id.pkl) can be reused as a list_file."""
+    from engine.data.datasets import list_samples
+
+    for name in run.method.streams:
+        stream = getattr(run.cfg.data, name)
+        if stream.count or stream.fraction != 1.0 or stream.complement:
+            ids = [sample.id for sample in list_samples(stream)]
+            checkpoint.atomic_write_text(run.run_dir / "splits" / f"{name}.txt", "\n".join(ids) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------- periodic work
@@ -189,7 +202,7 @@ def maybe_evaluate(run: Run, logger, log) -> dict:
     out_dir = run.run_dir / "eval" / f"step_{run.step:07d}"
     samples = eval_samples(cfg.data.val, cfg.eval.input_size)
     result = evaluate(
-        run.method.model,
+        run.method.eval_model(),
         samples,
         cfg.data,
         cfg.eval,
@@ -201,7 +214,8 @@ def maybe_evaluate(run: Run, logger, log) -> dict:
     logger.write({"kind": "eval", "step": run.step, **{k: v for k, v in result.items() if k != "confusion"}})
     if result["miou"] > run.best["miou"]:
         run.best = {"miou": result["miou"], "step": run.step}
-        checkpoint.save(run.run_dir / "best.pt", {"models": {"model": run.method.model.state_dict()}, **meta(run)})
+        best = {"models": {"model": run.method.eval_model().state_dict()}, **meta(run)}
+        checkpoint.save(run.run_dir / "best.pt", best)
     return result
 
 

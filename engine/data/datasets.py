@@ -187,7 +187,37 @@ def list_samples(stream: Stream) -> list[Sample]:
             f"{stream.dataset}: no images found under {stream.root} (split {stream.split!r}); expected layout:\n"
             f"{layout_help(stream.dataset)}"
         )
-    return samples
+    return draw_subset(samples, stream)
+
+
+def draw_subset(samples: list[Sample], stream: Stream) -> list[Sample]:
+    """Apply the stream's partial-data draw: `count` or `fraction` of `samples`, or the rest when `complement`.
+
+    The draw is a permutation of the id-sorted samples seeded by `split_seed` (numpy PCG64, the same on every
+    machine), of which the first `count` (else round(fraction * n), at least 1) are taken, as AdvSemiSeg shuffles its
+    train ids and keeps the first `partial_size`. A labelled stream and its `complement` with equal settings split
+    the images exactly. The result is sorted by id. Raises ValueError naming the key when the draw is empty.
+    """
+    if stream.count < 0 or not 0.0 < stream.fraction <= 1.0:
+        raise ValueError(
+            f"stream {stream.dataset} at {stream.root}: count = {stream.count} must be >= 0 and fraction = "
+            f"{stream.fraction} in (0, 1]"
+        )
+    whole = stream.count == 0 and stream.fraction == 1.0
+    if whole and not stream.complement:
+        return samples
+    total = len(samples)
+    keep = stream.count if stream.count else max(1, round(stream.fraction * total))
+    if keep > total:
+        raise ValueError(f"count = {keep} but only {total} images are listed under {stream.root} ({stream.split})")
+    order = np.random.Generator(np.random.PCG64(stream.split_seed)).permutation(total)
+    chosen = order[keep:] if stream.complement else order[:keep]
+    if len(chosen) == 0:
+        raise ValueError(
+            f"the {'complement of the ' if stream.complement else ''}draw of {keep} of {total} images under "
+            f"{stream.root} is empty; lower count/fraction or unset complement"
+        )
+    return [samples[i] for i in sorted(chosen.tolist())]
 
 
 # --------------------------------------------------------------------------------------------------- reading

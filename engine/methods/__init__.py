@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 from torch import nn
 
 from engine.config import Config
@@ -11,10 +13,26 @@ from engine.methods.base import StepContext
 from engine.methods.supervised import build_sourceonly
 from engine.methods.supervised import build_supervised
 
+
+
+def _lazy(module: str):
+    """A builder `module.build(model, cfg)` imported on first use, so one method's imports never slow another's."""
+
+    def build(model: nn.Module, cfg: Config) -> Method:
+        return importlib.import_module(module).build(model, cfg)
+
+    return build
+
+
 METHODS = {
     "sourceonly": lambda model, cfg: build_sourceonly(model, cfg.method),
     "supervised": lambda model, cfg: build_supervised(model, cfg.method),
     "adaptsegnet": lambda model, cfg: AdaptSegNet(model, cfg.method, cfg.model.num_classes),
+    "advsemiseg": _lazy("engine.methods.advsemiseg"),
+    "u2pl": _lazy("engine.methods.u2pl"),
+    "lsdseg": _lazy("engine.methods.lsdseg"),
+    "colorization": _lazy("engine.methods.mixmatch"),
+    "mixmatch": _lazy("engine.methods.mixmatch"),
 }
 
 

@@ -122,6 +122,19 @@ class Method(nn.Module):
     def optimizers(self, optim: Optim) -> dict[str, OptimizerSpec]:
         raise NotImplementedError
 
+    def eval_model(self) -> nn.Module:
+        """The network periodic evaluation and best.pt use (U2PL: the EMA teacher once it exists); `model` here."""
+        return self.model
+
+    def distribute(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        """Wrap the modules whose gradients must be averaged over ranks (the trainer passes a DDP wrapper).
+
+        The rule every method follows: a forward through a wrapped module is followed by exactly one backward that
+        reaches its parameters in that step; a forward whose parameter gradients are not wanted (a discriminator
+        inside `frozen(...)`) calls the raw module. The segmenter is wrapped here; methods add their own modules.
+        """
+        self.net = wrap(self.model)
+
     def param_groups(self, optim: Optim) -> dict[str, list[dict]]:
         return {name: spec.groups for name, spec in self.optimizers(optim).items()}
 

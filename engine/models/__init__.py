@@ -7,6 +7,7 @@ Every segmenter follows DESIGN.md's contract: `forward(image) -> dict` with "mai
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable
 
@@ -54,9 +55,21 @@ def _toy(cfg: Model) -> nn.Module:
     return ToySegmenter(cfg.num_classes, width=cfg.width, multi_level=cfg.multi_level)
 
 
+def _lazy(module: str) -> Callable[[Model], nn.Module]:
+    """A builder `module.build(cfg)` imported on first use."""
+
+    def build(cfg: Model) -> nn.Module:
+        return importlib.import_module(module).build(cfg)
+
+    return build
+
+
 MODELS: dict[str, Callable[[Model], nn.Module]] = {
     "deeplabv2": _deeplabv2,
     "toy": _toy,
+    "deeplabv3plus": _lazy("engine.models.deeplabv3plus"),
+    "fcn8s": _lazy("engine.models.fcn8s"),
+    "hypercolumn": _lazy("engine.models.hypercolumn"),
 }
 
 

@@ -13,10 +13,18 @@ from engine.optim import make_optimizer
 NUM_CLASSES = 5
 
 
+# The smallest segmenter each method is defined on; the toy net where any segmenter will do.
+MODELS = {
+    "u2pl": {"name": "deeplabv3plus", "backbone": "resnet18", "width": 4},
+    "lsdseg": {"name": "fcn8s", "width": 4},
+    "colorization": {"name": "hypercolumn", "width": 4},
+    "mixmatch": {"name": "hypercolumn", "width": 4},
+}
+
+
 def _cfg(name: str) -> config.Config:
-    return config.load_dict(
-        {"model": {"name": "toy", "width": 4, "num_classes": NUM_CLASSES}, "method": {"name": name}}, "test.toml"
-    )
+    model = {"name": "toy", "width": 4, **MODELS.get(name, {}), "num_classes": NUM_CLASSES}
+    return config.load_dict({"model": model, "method": {"name": name}}, "test.toml")
 
 
 def _batch(size=(32, 48)) -> dict:
@@ -27,7 +35,8 @@ def _batch(size=(32, 48)) -> dict:
         image = torch.randn(2, 3, *hw, generator=g).contiguous(memory_format=torch.channels_last)
         return {"image": image, "label": label}
 
-    return {"source": stream(1, size), "target": stream(2, (48, 32)), "labeled": stream(3, size)}
+    streams = {"source": stream(1, size), "target": stream(2, (48, 32)), "labeled": stream(3, size)}
+    return {**streams, "unlabeled": stream(4, size)}
 
 
 def _build(name: str, iter_size: int = 1):

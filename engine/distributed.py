@@ -1,0 +1,84 @@
+"""torch.distributed glue: process-group setup from torchrun's environment, and the few collectives methods use.
+
+Every function is the identity (or a no-op) in a single process, so methods and the trainer call them
+unconditionally. Collectives never read values back to the host.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the job: rank, world size and local rank (the GPU index on its node)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only process that writes logs, reports and checkpoints."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def env_world() -> World:
+    """The World torchrun describes in RANK / WORLD_SIZE / LOCAL_RANK (a single process when they are unset)."""
+    try:
+        return World(
+            rank=int(os.environ.get("RANK", "0")),
+            world_size=int(os.environ.get("WORLD_SIZE", "1")),
+            local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        )
+    except ValueError as error:
+        raise ValueError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers (as torchrun sets them): {error}") from error
+
+
+def is_initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if is_initialized() else 0
+
+
+def all_gather_cat(tensor: Tensor) -> Tensor:
+    """Concatenate `tensor` from every rank along dim 0, in rank order (U2PL's memory-queue keys).
+
+    Every rank must pass the same shape; use `all_gather_varying` when the first dimension differs.
+    """
+    if world_size() == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def all_reduce_sum(tensor: Tensor) -> Tensor:
+    """Sum of `tensor` over ranks, returned as a new tensor (the input is left unchanged)."""
+    if world_size() == 1:
+        return tensor
+    out = tensor.clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
+def all_reduce_mean(tensor: Tensor) -> Tensor:
+    """Mean of `tensor` over ranks (U2PL divides its all-reduced contrastive loss by the world size)."""
+    if world_size() == 1:
+        return tensor
+    return all_reduce_sum(tensor) / world_size()
