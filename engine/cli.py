@@ -92,8 +92,7 @@ def cmd_train(args) -> int:
     check_datasets(cfg)
     results = {cfg.method.name: train(cfg, resume=args.resume)}
     for name in cfg.train.compare_methods:
-        section = config_module.METHOD_SECTIONS[name]()
-        results[name] = train(config_module.replace(cfg, method=section))
+        results[name] = train(config_module.replace(cfg, method=baseline_section(cfg, name)))
     finals = {name: r["last"] for name, r in results.items() if r.get("last")}
     if finals:
         print(format_table(finals, cfg.model.num_classes))
@@ -103,6 +102,23 @@ def cmd_train(args) -> int:
                 f"best {r['best']['miou']:.2f} at step {r['best']['step']}"
             )
     return 0
+
+
+def baseline_section(cfg, name: str):
+    """The method section of a `train.compare_methods` baseline: its defaults, except that "supervised" trains on
+    the labelled stream the main method uses ("labeled" in semi-supervised recipes, else "source" or "target")."""
+    if name not in config_module.METHOD_SECTIONS:
+        known = sorted(config_module.METHOD_SECTIONS)
+        raise ConfigError(f"train.compare_methods names {name!r}; known methods: {known}")
+    section = config_module.METHOD_SECTIONS[name]()
+    if name == "supervised":
+        from engine.methods import build_method  # noqa: F401 - the registry, for the main method's streams
+        from engine.models import build_segmenter
+
+        streams = build_method(build_segmenter(config_module.replace(cfg.model, pretrained="")), cfg).streams
+        stream = next((s for s in ("labeled", "source", "target") if s in streams), "target")
+        section = config_module.replace(section, stream=stream)
+    return section
 
 
 def check_datasets(cfg) -> None:

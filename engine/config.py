@@ -81,7 +81,8 @@ class Stream:
     complement: bool = False
     """Take the images the `fraction` / `count` draw leaves out instead (the unlabeled rest of a partial split)."""
     batch_size: int = 1
-    """Images per step on this stream (per process)."""
+    """Images per step on this stream over the whole job (the global batch; each of W processes reads batch_size / W
+    under train.batch_scaling = "keep_global", batch_size under "scale_lr")."""
     resize: tuple[int, int] = (0, 0)
     """(W, H) the whole image is resized to first (bicubic image, nearest label); (0, 0) keeps the native size."""
     scale_range: tuple[float, float] = (1.0, 1.0)
@@ -190,6 +191,34 @@ class AdaptSegNet:
 class AdvSemiSeg:
     name: str = "advsemiseg"
     """Method name; selects this section's fields."""
+    align_corners: bool = True
+    """align_corners of the `interp` upsampler (logits and D output to input size); train.py passes True on
+    PyTorch >= 0.4 (older PyTorch behaved the same)."""
+    lambda_adv_pred: float = 0.01
+    """Adversarial weight on labelled predictions, --lambda-adv-pred: 0.01 in the README command (Table 5); the
+    code default LAMBDA_ADV_PRED is 0.1."""
+    lambda_semi: float = 0.1
+    """Weight of the CE on D-confident pseudo-labels of unlabelled images, LAMBDA_SEMI (0 disables it)."""
+    lambda_semi_adv: float = 0.001
+    """Adversarial weight on unlabelled predictions, LAMBDA_SEMI_ADV."""
+    mask_t: float = 0.2
+    """T_semi, MASK_T: unlabelled pixels whose sigmoid(D) is below it get no pseudo-label."""
+    semi_start: int = 5000
+    """Step from which L_semi is used, SEMI_START (before it only L_semi_adv trains on unlabelled images)."""
+    semi_start_adv: int = 0
+    """Step from which the unlabelled branch runs at all, SEMI_START_ADV."""
+    d_remain: bool = True
+    """D_REMAIN: the discriminator's fake batch also holds the unlabelled predictions (when that branch ran)."""
+    d_lr: float = 1e-4
+    """Discriminator Adam learning rate, LEARNING_RATE_D (poly-decayed like the segmenter's)."""
+    d_betas: tuple[float, float] = (0.9, 0.99)
+    """Discriminator Adam betas, optim.Adam(model_D.parameters(), betas=(0.9, 0.99))."""
+    d_width: int = 64
+    """Channels of the discriminator's first conv (official FCDiscriminator ndf = 64; doubled at each layer)."""
+    pred_label: int = 0
+    """D target of predicted (fake) maps, pred_label."""
+    gt_label: int = 1
+    """D target of one-hot ground truth (real) maps, gt_label; also the target of the segmenter's adversarial terms."""
 
 
 # <u2pl section: owned by the U2PL work>
@@ -197,6 +226,55 @@ class AdvSemiSeg:
 class U2PL:
     name: str = "u2pl"
     """Method name; selects this section's fields."""
+    align_corners: bool = True
+    """align_corners of every training upsampler (official F.interpolate(..., align_corners=True))."""
+    ema_decay: float = 0.99
+    """EMA teacher momentum cap, net.ema_decay; the momentum is min(1 - 1/(step - sup_only_steps + 1), ema_decay)."""
+    sup_only_steps: int = 0
+    """Supervised-only warm-up in steps, trainer.sup_only_epoch x steps per epoch (official VOC 1 epoch,
+    Cityscapes 0); the teacher is copied from the student when it ends."""
+    teacher_copy_steps: int = 1
+    """Steps from sup_only_steps on after which the teacher is set to the student instead of the EMA update. Official
+    quirk: `t.data = s.data` sits inside the iteration loop of epoch sup_only_epoch, so the teacher shares the student's
+    storage for that whole epoch: set it to the steps per epoch; 1 gives the EMA formula alone (momentum 0 at first)."""
+    steps_per_epoch: int = 0
+    """Official epoch length in steps (len(loader_l)); > 0 makes the unreliable share and alpha_t decay once per
+    epoch (epoch / epochs, as the official code) instead of every step (step / total_steps)."""
+    cutmix_p: float = 0.5
+    """Probability that the unlabeled batch is CutMixed (one coin per batch, np.random.uniform(0, 1) < 0.5)."""
+    drop_percent: float = 80.0
+    """trainer.unsupervised.drop_percent: the unreliable share starts at 100 - 80 = 20% and decays linearly to 0."""
+    low_entropy_threshold: float = 20.0
+    """alpha_0, contrastive.low_entropy_threshold: anchors below the alpha_t-th entropy percentile, negatives above
+    the (100 - alpha_t)-th; alpha_t decays linearly to 0."""
+    low_rank: int = 3
+    """contrastive.low_rank r_l: a negative's class ranks in [low_rank, high_rank) of the teacher's probabilities."""
+    high_rank: int = 20
+    """contrastive.high_rank r_h."""
+    current_class_threshold: float = 0.3
+    """delta_p, contrastive.current_class_threshold: anchors need teacher probability > delta_p for their class."""
+    current_class_negative_threshold: float = 1.0
+    """delta_n, contrastive.current_class_negative_threshold: negatives need probability < delta_n."""
+    num_queries: int = 256
+    """Anchors sampled per class and step, contrastive.num_queries."""
+    num_negatives: int = 50
+    """Negatives drawn from the class's memory queue per anchor, contrastive.num_negatives."""
+    temperature: float = 0.5
+    """InfoNCE temperature, contrastive.temperature."""
+    queue_length: int = 0
+    """Memory-queue length per class; 0 = official (50000 for class 0, 30000 for the others)."""
+    unsup_weight: float = 1.0
+    """Weight of the unsupervised loss, trainer.unsupervised.loss_weight."""
+    contra_weight: float = 1.0
+    """Weight of the contrastive loss, trainer.contrastive.loss_weight; 0 skips the contrastive branch."""
+    aux_weight: float = 0.4
+    """Weight of the layer3 aux head's supervised loss, net.aux_loss.loss_weight (used when the model has it)."""
+    ohem: bool = False
+    """Supervised loss: OHEM cross-entropy (criterion.type = "ohem", official on Cityscapes) instead of plain CE."""
+    ohem_thresh: float = 0.7
+    """OHEM probability threshold, criterion.kwargs.thresh."""
+    ohem_min_kept: int = 100000
+    """OHEM minimum kept pixels per batch, criterion.kwargs.min_kept."""
 
 
 # <lsdseg section: owned by the LSD-seg work>
@@ -204,6 +282,32 @@ class U2PL:
 class LSDSeg:
     name: str = "lsdseg"
     """Method name; selects this section's fields."""
+    l1_weight: float = 1.0
+    """Weight of the generator's L1 reconstruction loss (both domains, images in [0, 1]), --l1_weight."""
+    adv_weight: float = 0.1
+    """Weight of F's flipped-label domain loss (generated source -> 3 target-fake, generated target -> 0
+    source-real), --adv_weight."""
+    c_weight: float = 0.1
+    """Weight of F's loss on D's auxiliary segmentation of generated source images, --c_weight."""
+    g_adv_weight: float = 0.1
+    """Weight of G's 4-way domain loss (src fake -> 0, tgt fake -> 2); hard-coded 0.1 in trainer_LSD.py lossG."""
+    g_lr: float = 1e-4
+    """Generator Adam learning rate (train.py optimG lr=0.0001)."""
+    d_lr: float = 1e-4
+    """Discriminator Adam learning rate (train.py optimD lr=0.0001)."""
+    gd_betas: tuple[float, float] = (0.7, 0.999)
+    """Adam betas of the generator and the discriminator (train.py betas=(0.7, 0.999))."""
+    d_width: int = 128
+    """Channels of every discriminator layer (official _netD: 2 * ndf = 128)."""
+    g_width: int = 0
+    """Generator base channels ngf (official _netG ngf = 64); 0 = model.width (64 for the official FCN-8s)."""
+    dropout: float = 0.5
+    """Dropout of every generator / discriminator ResnetBlock (model_utils.py nn.Dropout(0.5))."""
+    bias_lr_mult: float = 2.0
+    """Learning-rate multiplier of the segmenter's biases (train.py: get_parameters(bias=True) at lr * 2)."""
+    align_corners: bool = True
+    """align_corners when upsampling stride-8 logits to the label (DeepLab / toy); FCN-8s scores are already at
+    label size, where the upsampling is the identity."""
 
 
 # <mixmatch sections: owned by the Mix-and-Match work>
@@ -211,12 +315,37 @@ class LSDSeg:
 class Colorization:
     name: str = "colorization"
     """Method name: Mix-and-Match stage 1, self-supervised colorization pre-training."""
+    points: int = 128
+    """Random pixels per image whose hypercolumn predicts their colour (Larsson et al.'s sparse training; their
+    count is [UNVERIFIED], the M&M fine-tuning prototxt samples 256)."""
+    bins: int = 32
+    """Histogram bins of hue and of chroma (Larsson et al.: K = 32 [UNVERIFIED])."""
+    chroma_max: float = 128.0
+    """Chroma (LCh, the polar form of CIE Lab a*b*) of the last chroma bin; larger values fall into it."""
+    lambda_hue: float = 5.0
+    """Weight of the chroma-weighted hue loss, Larsson et al.'s lambda_H = 5 [UNVERIFIED]."""
 
 
 @_frozen
 class MixMatch:
     name: str = "mixmatch"
     """Method name: Mix-and-Match stage 2, patch sampling + class-wise graph + triplet loss."""
+    patches_per_image: int = 9
+    """Patches sampled per image: RandomSamplingLayer num = 144 over a batch of 16."""
+    side_range: tuple[int, int] = (64, 256)
+    """(min, max) side in pixels of the square patches, drawn uniformly (official VOC; Cityscapes: fixed 128)."""
+    output_size: int = 128
+    """Side every patch is resized to before the network (official output_size = 128)."""
+    bg_ratio: float = 0.1
+    """At most round(bg_ratio * patches_per_image) patches of an image may be centred on `bg_class` (bg_ratio)."""
+    bg_class: int = 0
+    """The background trainId that bg_ratio limits (VOC 0); -1: no background class (Cityscapes)."""
+    max_overlap: float = 0.6
+    """A patch whose IoU with an already kept patch of the same image exceeds this is discarded (official 0.6)."""
+    candidates_per_image: int = 64
+    """Candidate boxes drawn per image in bulk, from which patches are kept greedily in random order."""
+    margin: float = 2.1
+    """Triplet margin alpha on unit-norm features: max(0, alpha + |q-p|^2 - |q-n|^2) (official 2.1)."""
 
 
 METHOD_SECTIONS: dict[str, type] = {
@@ -288,6 +417,16 @@ class Train:
     """Also write TensorBoard event files next to metrics.jsonl."""
     compare_methods: tuple[str, ...] = ()
     """Baselines trained with the same recipe afterwards and tabulated next to this method (the demo uses it)."""
+    batch_scaling: str = "keep_global"
+    """Multi-process runs (torchrun): "keep_global" splits every stream's batch_size over the W processes (must
+    divide) and keeps the learning rates; "scale_lr" gives each process batch_size images (global batch W times
+    larger) and multiplies every learning rate by W (linear scaling rule). The log says which."""
+    sync_bn: bool = False
+    """Multi-GPU runs: convert the segmenter's BatchNorm to SyncBatchNorm (U2PL's official setting); CUDA only."""
+    dist_backend: str = "auto"
+    """torch.distributed backend: "auto" (NCCL on CUDA, gloo on CPU), "nccl" or "gloo"."""
+    dist_timeout_s: float = 1800.0
+    """Seconds a collective waits for a missing rank before raising (no silent hang)."""
     official_host_roundtrips: bool = False
     """Reproduce the official loops' per-iteration host reads: every loss read with .item()-equivalent each step, as
     train_gta2cityscapes_multi.py's loss_seg_value += loss.data.cpu().numpy() does; for benchmarking the official-style

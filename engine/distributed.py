@@ -82,3 +82,50 @@ def all_reduce_mean(tensor: Tensor) -> Tensor:
     if world_size() == 1:
         return tensor
     return all_reduce_sum(tensor) / world_size()
+
+
+# ----------------------------------------------------------------------------------------------- job lifecycle
+def init(backend: str = "auto", device_type: str = "cpu", timeout_s: float = 1800.0) -> World:
+    """Join the process group torchrun describes (once per process); a single process returns World() untouched.
+
+    Args:
+        backend: "auto" (NCCL on CUDA, gloo on CPU), "nccl" or "gloo".
+        device_type: the training device's type.
+        timeout_s: how long a collective may wait for a missing rank before raising instead of hanging.
+    """
+    world = env_world()
+    if not world.distributed or is_initialized():
+        return world
+    if backend == "auto":
+        backend = "nccl" if device_type == "cuda" else "gloo"
+    if backend not in ("nccl", "gloo"):
+        raise ValueError(f"train.dist_backend = {backend!r}: expected 'auto', 'nccl' or 'gloo'")
+    if device_type == "cuda":
+        torch.cuda.set_device(world.local_rank)
+    import datetime
+
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return world
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def ddp_wrapper(device: torch.device):
+    """The `wrap` a method's `distribute` receives: DistributedDataParallel around one module.
+
+    find_unused_parameters is on because methods run several forward/backward pairs per step and not every pair
+    reaches every parameter (a frozen discriminator, an unused aux head before a loss weight turns on).
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [device.index] if device.type == "cuda" else None
+
+    def wrap(module: torch.nn.Module) -> torch.nn.Module:
+        if not any(p.requires_grad for p in module.parameters()):
+            return module  # nothing to average (e.g. an EMA teacher)
+        return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=True)
+
+    return wrap

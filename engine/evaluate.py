@@ -266,6 +266,7 @@ def evaluate(
     device: torch.device | str,
     out_dir: str | Path | None = None,
     autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+    reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> dict:
     """Score `model` on a validation stream and write metrics.json and a few prediction PNGs.
 
@@ -278,6 +279,7 @@ def evaluate(
         device: where inference runs.
         out_dir: where metrics.json and the PNGs go; None writes nothing.
         autocast: a zero-argument callable returning the context manager the forward runs under (AMP).
+        reduce: sums a tensor over processes (`engine.distributed.all_reduce_sum`) when each rank scored a shard.
 
     Returns:
         {"miou": percent, "per_class": {name: percent or None}, "miou16"/"miou13" (class_subset synthia16/13),
@@ -299,6 +301,9 @@ def evaluate(
                 keep = min(eval_cfg.save_predictions - images, len(ids))
                 _save_pngs(Path(out_dir), ids[:keep], image[:keep], label[:keep], pred[:keep], num_classes)
             images += len(ids)
+    if reduce is not None:
+        conf = reduce(conf)
+        images = int(reduce(torch.tensor([images], device=device))[0])  # note: host sync, once per evaluation
     if images == 0:
         raise ValueError("evaluate: the samples yielded no image; check data.val (dataset, root, split, list_file)")
     result = summarize(conf.cpu(), num_classes, eval_cfg.class_subset)  # note: the one host sync of the evaluation

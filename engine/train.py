@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 
 from engine import checkpoint
+from engine import distributed
+from engine.config import replace
 from engine.config import Config
 from engine.config import to_dict
 from engine.data import Streams
@@ -37,13 +39,39 @@ class NonFiniteLoss(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------------- device/AMP
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, world: distributed.World = distributed.World()) -> torch.device:
+    """The training device; under torchrun every process takes the GPU of its LOCAL_RANK."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"train.device = {name!r} but no CUDA device is available")
+    if device.type == "cuda" and world.distributed:
+        device = torch.device("cuda", world.local_rank)
     return device
+
+
+def per_rank(cfg: Config, world: distributed.World) -> tuple[Config, float]:
+    """The config one process trains with, and the learning-rate multiplier, under `train.batch_scaling`.
+
+    "keep_global": every stream's batch_size (the global batch) is divided by the world size, lr unchanged.
+    "scale_lr": every process reads batch_size images and every learning rate is multiplied by the world size.
+    """
+    mode, size = cfg.train.batch_scaling, world.world_size
+    if mode not in ("keep_global", "scale_lr"):
+        raise ValueError(f"train.batch_scaling = {mode!r}: expected 'keep_global' or 'scale_lr'")
+    if size == 1 or mode == "scale_lr":
+        return cfg, float(size)
+    changes = {}
+    for name in ("source", "target", "labeled", "unlabeled"):
+        batch = getattr(cfg.data, name).batch_size
+        if getattr(cfg.data, name).dataset and batch % size:
+            raise ValueError(
+                f"data.{name}.batch_size = {batch} (the global batch) does not divide over {size} processes; "
+                f'choose a world size that divides it or set train.batch_scaling = "scale_lr"'
+            )
+        changes[f"data.{name}.batch_size"] = max(1, batch // size)
+    return replace(cfg, **changes), 1.0
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
@@ -74,6 +102,8 @@ class Run:
     specs: dict[str, OptimizerSpec]
     ctx: StepContext
     run_dir: Path
+    world: distributed.World = field(default_factory=distributed.World)
+    lr_scale: float = 1.0
     step: int = 0
     best: dict = field(default_factory=lambda: {"miou": -1.0, "step": -1})
     history: list = field(default_factory=list)
@@ -83,31 +113,42 @@ def run_dir_for(cfg: Config) -> Path:
     return Path(cfg.train.run_dir.format(recipe=cfg.recipe or "run", method=cfg.method.name))
 
 
-def build_everything(cfg: Config) -> Run:
-    device = resolve_device(cfg.train.device)
-    seed_everything(cfg.train.seed)
+def build_everything(cfg: Config, world: distributed.World = distributed.World()) -> Run:
+    """Model, method, loaders, optimizers and step context of one process; `world` shards data and wraps modules."""
+    device = resolve_device(cfg.train.device, world)
+    rank_cfg, lr_scale = per_rank(cfg, world)
+    seed_everything(cfg.train.seed)  # the same on every rank: identical init (DDP also broadcasts rank 0's)
     if cfg.data.synthshift.generate:
-        ensure_synthshift(cfg.data.synthshift)
+        if world.is_main:
+            ensure_synthshift(cfg.data.synthshift)
+        distributed.barrier()
     model = build_segmenter(cfg.model).to(device)
+    if world.distributed and cfg.train.sync_bn:
+        if device.type != "cuda":
+            raise ValueError("train.sync_bn = true needs CUDA devices (SyncBatchNorm has no CPU implementation)")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     method = build_method(model, cfg).to(device)
+    if world.distributed:
+        method.distribute(distributed.ddp_wrapper(device))
     streams = Streams(
-        cfg.data, list(method.streams), seed=cfg.train.seed, device=device, channels_last=cfg.model.channels_last
-    )
+        rank_cfg.data, list(method.streams), seed=cfg.train.seed, rank=world.rank, world_size=world.world_size,
+        device=device, channels_last=cfg.model.channels_last,
+    )  # fmt: skip
     if cfg.model.compile == "on" or (cfg.model.compile == "auto" and device.type == "cuda"):
-        method.net = torch.compile(model)
+        method.net = torch.compile(method.net)
     specs = method.optimizers(cfg.optim)
     optimizers = {name: make_optimizer(spec, device, cfg.optim.fused) for name, spec in specs.items()}
     amp_dtype = resolve_precision(cfg.train.precision, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
     ctx = StepContext(device.type, amp_dtype, scaler, optimizers, cfg.train.iter_size)
-    return Run(cfg, device, method, streams, optimizers, specs, ctx, run_dir_for(cfg))
+    return Run(cfg, device, method, streams, optimizers, specs, ctx, run_dir_for(cfg), world, lr_scale)
 
 
 def train_step(run: Run, step: int) -> dict[str, torch.Tensor]:
     """One optimizer step: `iter_size` micro-steps, then the scaler update. No host sync unless asked."""
-    set_lr(run.optimizers, run.specs, lr_factor(run.cfg.schedule, step))
+    set_lr(run.optimizers, run.specs, lr_factor(run.cfg.schedule, step) * run.lr_scale)
     run.ctx.step_index = step
     for micro in range(run.cfg.train.iter_size):
         run.ctx.micro_step = micro
@@ -121,15 +162,22 @@ def train_step(run: Run, step: int) -> dict[str, torch.Tensor]:
 
 
 def train(cfg: Config, resume: str | None = None, log=print) -> dict:
-    """Train `cfg` to `schedule.stop_step`; returns the final evaluation (or {} without a val stream)."""
-    run = build_everything(cfg)
-    run.run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint.atomic_write_json(run.run_dir / "config.json", to_dict(cfg))
-    write_splits(run)
+    """Train `cfg` to `schedule.stop_step`; returns the final evaluation (or {} without a val stream).
+
+    Under torchrun every process calls this; only rank 0 writes files, all ranks evaluate their shard of val.
+    """
+    world = distributed.init(cfg.train.dist_backend, resolve_device(cfg.train.device).type, cfg.train.dist_timeout_s)
+    run = build_everything(cfg, world)
+    if world.is_main:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        checkpoint.atomic_write_json(run.run_dir / "config.json", to_dict(cfg))
+        write_splits(run)
+    if world.distributed:
+        log(describe_world(run))
     if resume is not None:
         restore(run, resume, log)
-    logger = MetricsLogger(run.run_dir, cfg.train.tensorboard)
-    progress = make_progress(cfg, run.step)
+    logger = MetricsLogger(run.run_dir, cfg.train.tensorboard) if world.is_main else NullLogger()
+    progress = make_progress(cfg, run.step, enabled=world.is_main)
     pending: dict[str, torch.Tensor] = {}
     start = time.perf_counter()
     for step in range(run.step, cfg.schedule.stop_step):
@@ -150,8 +198,20 @@ def train(cfg: Config, resume: str | None = None, log=print) -> dict:
     result = maybe_evaluate(run, logger, log) if cfg.data.val.dataset else {}
     logger.close()
     summary = {"recipe": cfg.recipe, "method": cfg.method.name, "steps": run.step, "last": result, "best": run.best}
-    checkpoint.atomic_write_json(run.run_dir / "results.json", summary)
+    if world.is_main:
+        checkpoint.atomic_write_json(run.run_dir / "results.json", summary)
+    run.streams.close()
     return summary
+
+
+def describe_world(run: Run) -> str:
+    """The log line saying how a multi-process run splits the batch and sets the learning rate."""
+    world, cfg = run.world, run.cfg
+    if cfg.train.batch_scaling == "scale_lr":
+        how = f"each process reads the recipe's batch (global batch x{world.world_size}), learning rates x{run.lr_scale:g}"
+    else:
+        how = f"global batch kept: each process reads batch_size / {world.world_size}, learning rates unchanged"
+    return f"distributed: {world.world_size} processes ({cfg.train.dist_backend} backend on {run.device.type}); {how}"
 
 
 def write_splits(run: Run) -> None:
@@ -172,7 +232,9 @@ def check_finite(losses: dict[str, torch.Tensor], step: int) -> dict[str, float]
     if not losses:
         return {}
     names = list(losses)
-    values = torch.stack([losses[n].float() for n in names]).tolist()  # note: host sync, logging steps only
+    # Averaged over ranks first, so a NaN on any rank stops every rank at the same step.
+    stacked = distributed.all_reduce_mean(torch.stack([losses[n].float() for n in names]))
+    values = stacked.tolist()  # note: host sync, logging steps only
     for name, value in zip(names, values, strict=False):
         if not math.isfinite(value):
             raise NonFiniteLoss(
@@ -199,8 +261,8 @@ def maybe_evaluate(run: Run, logger, log) -> dict:
     from engine.data.torch_loader import eval_samples
     from engine.evaluate import evaluate
 
-    out_dir = run.run_dir / "eval" / f"step_{run.step:07d}"
-    samples = eval_samples(cfg.data.val, cfg.eval.input_size)
+    out_dir = run.run_dir / "eval" / f"step_{run.step:07d}" if run.world.is_main else None
+    samples = eval_samples(cfg.data.val, cfg.eval.input_size, run.world.rank, run.world.world_size)
     result = evaluate(
         run.method.eval_model(),
         samples,
@@ -210,12 +272,14 @@ def maybe_evaluate(run: Run, logger, log) -> dict:
         run.device,
         out_dir=out_dir,
         autocast=run.ctx.autocast,
+        reduce=distributed.all_reduce_sum,
     )
     logger.write({"kind": "eval", "step": run.step, **{k: v for k, v in result.items() if k != "confusion"}})
     if result["miou"] > run.best["miou"]:
         run.best = {"miou": result["miou"], "step": run.step}
-        best = {"models": {"model": run.method.eval_model().state_dict()}, **meta(run)}
-        checkpoint.save(run.run_dir / "best.pt", best)
+        if run.world.is_main:
+            best = {"models": {"model": run.method.eval_model().state_dict()}, **meta(run)}
+            checkpoint.save(run.run_dir / "best.pt", best)
     return result
 
 
@@ -223,8 +287,13 @@ def meta(run: Run) -> dict:
     return {"step": run.step, "config": to_dict(run.cfg), "best": dict(run.best)}
 
 
-def save_checkpoint(run: Run) -> Path:
-    """Everything needed to continue bit-for-bit: models, optimizers, scaler, streams, RNG, schedule position."""
+def save_checkpoint(run: Run) -> Path | None:
+    """Everything needed to continue bit-for-bit: models, optimizers, scaler, streams, RNG, schedule position.
+
+    Rank 0 writes (every rank holds the same weights and stream positions); the others return None.
+    """
+    if not run.world.is_main:
+        return None
     payload = {
         "models": split_state(run.method),
         "optimizers": {n: o.state_dict() for n, o in run.optimizers.items()},
@@ -259,7 +328,8 @@ def restore(run: Run, resume: str, log) -> None:
         raise ValueError(f"--resume: no checkpoint recorded in {run.run_dir / 'checkpoints' / 'latest'}")
     state = checkpoint.load(path, map_location=run.device)
     models = state["models"]
-    run.method.load_state_dict({**{f"model.{k}": v for k, v in models["model"].items()}, **models["extra"]})
+    extra = {k: v for k, v in models["extra"].items() if not k.startswith("net.")}  # older files duplicated net.*
+    run.method.load_state_dict({**{f"model.{k}": v for k, v in models["model"].items()}, **extra})
     for name, optimizer in run.optimizers.items():
         optimizer.load_state_dict(state["optimizers"][name])
     run.ctx.scaler.load_state_dict(state["scaler"])
@@ -273,6 +343,16 @@ def restore(run: Run, resume: str, log) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- reporting
+class NullLogger:
+    """What ranks other than 0 log to: nothing."""
+
+    def write(self, record: dict) -> None:
+        """Drop the record."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
 class MetricsLogger:
     """metrics.jsonl (one JSON object a line, flushed) plus optional TensorBoard event files."""
 
@@ -299,13 +379,13 @@ class MetricsLogger:
             self.writer.close()
 
 
-def make_progress(cfg: Config, start: int):
+def make_progress(cfg: Config, start: int, enabled: bool = True):
     from tqdm.auto import tqdm
 
     return tqdm(
         total=cfg.schedule.stop_step,
         initial=start,
-        disable=not cfg.train.progress,
+        disable=not (cfg.train.progress and enabled),
         desc=f"{cfg.recipe or 'run'}:{cfg.method.name}",
         unit="step",
         dynamic_ncols=True,

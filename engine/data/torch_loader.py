@@ -310,17 +310,19 @@ class StreamLoader(StreamPosition):
 
 
 # -------------------------------------------------------------------------------------------------- evaluation
-def eval_samples(stream: Stream, input_size: tuple[int, int]) -> Iterator[tuple[torch.Tensor, torch.Tensor, str]]:
-    """Walk a validation stream once, in sorted order.
+def eval_samples(stream: Stream, input_size: tuple[int, int], rank: int = 0,
+                 world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor, str]]:  # fmt: skip
+    """Walk a validation stream once, in sorted order (rank r of W takes images r, r + W, ...).
 
     Args:
         stream: the val stream's section (its augmentation fields are ignored).
         input_size: (W, H) every image is resized to (bicubic); (0, 0) keeps the native size.
+        rank, world_size: this process's share of the images (their confusion matrices are summed over ranks).
 
     Yields:
         image (1, H, W, 3) uint8, label (1, H', W') int64 at the native resolution, and the sample id.
     """
-    samples = list_samples(stream)
+    samples = list_samples(stream)[rank::world_size]
     for sample in samples:
         image, label = read_pair(sample, stream.dataset)
         if input_size[0] > 0 and input_size[1] > 0 and (image.shape[1], image.shape[0]) != tuple(input_size):

@@ -41,6 +41,7 @@ from engine.models import build_discriminator
 
 class AdaptSegNet(Method):
     streams = ("source", "target")
+    unregistered = ("net", "d_nets")
 
     def __init__(self, model: nn.Module, cfg: AdaptSegNetConfig, num_classes: int):
         super().__init__(model)
@@ -54,6 +55,12 @@ class AdaptSegNet(Method):
         self.discriminators = nn.ModuleDict(
             {name: build_discriminator(num_classes, cfg.d_width) for name in self.levels}
         )
+        # Views used by the discriminator update (DDP-wrapped under torchrun); frozen passes use the raw modules.
+        self.d_nets: dict[str, nn.Module] = dict(self.discriminators.items())
+
+    def distribute(self, wrap) -> None:
+        super().distribute(wrap)
+        self.d_nets = {name: wrap(module) for name, module in self.discriminators.items()}
 
     def optimizers(self, optim: Optim) -> dict[str, OptimizerSpec]:
         specs = {"model": segmenter_optimizer(self.model, optim)}
@@ -66,8 +73,8 @@ class AdaptSegNet(Method):
             )
         return specs
 
-    def _d_loss(self, name: str, pred: Tensor, label: int, size: tuple[int, int]) -> Tensor:
-        d_out = self.discriminators[name](torch.softmax(pred, dim=1))
+    def _d_loss(self, net: nn.Module, pred: Tensor, label: int, size: tuple[int, int]) -> Tensor:
+        d_out = net(torch.softmax(pred, dim=1))
         return adversarial_loss(d_out, label, self.cfg.gan, upsample_to=size if self.cfg.d_upsample_output else None)
 
     def train_step(self, batch: dict[str, dict[str, Tensor]], ctx: StepContext) -> dict[str, Tensor]:
@@ -88,7 +95,7 @@ class AdaptSegNet(Method):
                     n: upsample(out_target[k], target_size, cfg.align_corners) for n, (k, _) in self.levels.items()
                 }
                 loss_adv = sum(
-                    weight * self._d_loss(n, pred_target[n], cfg.source_label, target_size)
+                    weight * self._d_loss(self.discriminators[n], pred_target[n], cfg.source_label, target_size)
                     for n, (_, weight) in self.levels.items()
                 )
             if self.levels:
@@ -102,12 +109,13 @@ class AdaptSegNet(Method):
                     for n, (k, _) in self.levels.items()
                 }
                 loss_d_source = sum(
-                    self._d_loss(n, p, cfg.source_label, source_size) / 2 for n, p in pred_source.items()
+                    self._d_loss(self.d_nets[n], p, cfg.source_label, source_size) / 2 for n, p in pred_source.items()
                 )
             ctx.backward(loss_d_source)
             with ctx.autocast():
                 loss_d_target = sum(
-                    self._d_loss(n, p.detach(), cfg.target_label, target_size) / 2 for n, p in pred_target.items()
+                    self._d_loss(self.d_nets[n], p.detach(), cfg.target_label, target_size) / 2
+                    for n, p in pred_target.items()
                 )
             ctx.backward(loss_d_target)
             losses["loss/d"] = (loss_d_source + loss_d_target).detach()

@@ -112,12 +112,21 @@ class Method(nn.Module):
     """Base class: `streams` names the Batch streams a step consumes; `optimizers()` what the trainer builds."""
 
     streams: tuple[str, ...] = ()
+    # Attributes holding wrapped views (compiled, DDP) of modules registered elsewhere: kept out of `_modules`, so
+    # state_dict() has each tensor once and the same keys in one process and under DDP.
+    unregistered: tuple[str, ...] = ("net",)
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        # The callable used for forward passes: the trainer replaces it by the compiled segmenter.
+        # The callable used for forward passes: the trainer replaces it by the compiled / DDP-wrapped segmenter.
         self.net: Callable[[Tensor], dict[str, Tensor]] = model
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in type(self).unregistered:
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
     def optimizers(self, optim: Optim) -> dict[str, OptimizerSpec]:
         raise NotImplementedError
