@@ -1,0 +1,237 @@
+"""U2PL against transcriptions of the official formulas (`compute_unsupervised_loss`,
+`compute_contra_memobank_loss`, `OhemCrossEntropy2dTensor`, `generate_cutout_mask`) and the EMA / queue rules."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine import config
+from engine.methods import StepContext
+from engine.methods import build_method
+from engine.methods import u2pl
+from engine.models import build_segmenter
+from engine.optim import make_optimizer
+
+C = 5
+
+
+def _build(**method):
+    model = {"name": "deeplabv3plus", "backbone": "resnet18", "width": 4, "num_classes": C}
+    cfg = config.load_dict({"model": model, "method": {"name": "u2pl", **method}}, "test.toml")
+    method = build_method(build_segmenter(cfg.model), cfg)
+    specs = method.optimizers(cfg.optim)
+    optimizers = {n: make_optimizer(s, torch.device("cpu"), "off") for n, s in specs.items()}
+    return method, StepContext("cpu", None, torch.amp.GradScaler("cpu", enabled=False), optimizers)
+
+
+def _batch(seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+
+    def stream():
+        return {"image": torch.randn(2, 3, 32, 48, generator=g), "label": torch.randint(0, C, (2, 32, 48), generator=g)}
+
+    return {"labeled": stream(), "unlabeled": stream()}
+
+
+def test_unsupervised_loss_matches_the_official_formula_with_numpy_percentile():
+    g = torch.Generator().manual_seed(1)
+    teacher = torch.randn(2, C, 8, 12, generator=g) * 2
+    student = torch.randn(2, C, 8, 12, generator=g)
+    pseudo = teacher.argmax(dim=1)
+    pseudo[0, 0, :3] = 255  # a few ignored pixels (CutOut-style) stay out of the percentile
+    loss, reliable = u2pl.unsupervised_loss(student, pseudo, teacher, 80.0, align_corners=True)
+
+    prob = torch.softmax(teacher.double(), dim=1)
+    entropy = -(prob * prob.log()).sum(dim=1).numpy()
+    valid = (pseudo != 255).numpy()
+    thresh = np.percentile(entropy[valid], 80)
+    drop = (entropy >= thresh) & valid
+    target = pseudo.clone()
+    target[torch.from_numpy(drop)] = 255
+    weight = target.numel() / (target != 255).sum()
+    want = weight * F.cross_entropy(student, target, ignore_index=255)
+    torch.testing.assert_close(loss, want.float(), rtol=1e-5, atol=1e-6)
+    assert torch.equal(reliable, torch.from_numpy(valid & (entropy < thresh)))
+    assert 0 < int(reliable.sum()) < int(valid.sum())
+
+
+def _official_contrastive(rep, rep_t, onehot, prob, low_mask, high_mask, num_labeled, cfg, uniforms, negatives):
+    """Loop transcription of compute_contra_memobank_loss, with its randint draws replaced by fixed uniforms and its
+    memory-bank draws by `negatives[class]`; returns (loss, keys per class)."""
+    low_valid = onehot.float() * low_mask[:, None].float()
+    high_valid = onehot.float() * high_mask[:, None].float()
+    rep_p, rep_t_p = rep.permute(0, 2, 3, 1), rep_t.permute(0, 2, 3, 1)
+    _, idx_l = torch.sort(prob[:num_labeled], dim=1, descending=True, stable=True)
+    _, idx_u = torch.sort(prob[num_labeled:], dim=1, descending=True, stable=True)
+    idx_l, idx_u = idx_l.permute(0, 2, 3, 1), idx_u.permute(0, 2, 3, 1)
+    low_entropy_feats, protos, valid_classes, keys = [], [], [], []
+    for i in range(C):
+        low_seg, high_seg = low_valid[:, i].bool(), high_valid[:, i].bool()
+        low_entropy_feats.append(rep_p[(prob[:, i] > cfg.current_class_threshold) & low_seg])
+        protos.append(rep_t_p[low_seg].mean(dim=0, keepdim=True))
+        class_u = (idx_u[..., cfg.low_rank : cfg.high_rank] == i).sum(dim=3).bool()
+        class_l = (idx_l[..., : cfg.low_rank] == i).sum(dim=3).bool() & (onehot[:num_labeled, i] == 0)
+        negative = (prob[:, i] < cfg.current_class_negative_threshold) & high_seg & torch.cat((class_l, class_u))
+        keys.append(rep_t_p[negative])
+        if low_seg.sum() > 0:
+            valid_classes.append(i)
+    if len(valid_classes) <= 1:
+        return torch.tensor(0.0), keys
+    total = torch.tensor(0.0)
+    for i in range(len(valid_classes)):
+        candidates = low_entropy_feats[i]
+        if len(candidates) == 0:
+            continue
+        anchor = candidates[(uniforms[i] * len(candidates)).floor().long()]
+        positive = protos[i].repeat(len(anchor), 1)[:, None]
+        all_feat = torch.cat((positive, negatives[valid_classes[i]]), dim=1)
+        logits = torch.cosine_similarity(anchor[:, None], all_feat, dim=2)
+        total = total + F.cross_entropy(logits / cfg.temperature, torch.zeros(len(anchor), dtype=torch.long))
+    return total / len(valid_classes), keys
+
+
+def test_contrastive_loss_and_negative_keys_match_a_loop_transcription():
+    g = torch.Generator().manual_seed(3)
+    cfg = config.U2PL(low_rank=1, high_rank=4, current_class_threshold=0.25, num_queries=7, num_negatives=3)
+    batch, dim, height, width, num_labeled = 4, 6, 5, 7, 2
+    rep = torch.randn(batch, dim, height, width, generator=g)
+    rep_t = torch.randn(batch, dim, height, width, generator=g)
+    prob = torch.softmax(torch.randn(batch, C, height, width, generator=g) * 2, dim=1)
+    # Unlabeled pseudo-labels differ from the teacher argmax here (as after CutMix), so the rank window can hold them.
+    labels = torch.randint(0, C, (batch, height, width), generator=g)
+    labels[labels == 1] = 2  # class 1 absent: valid classes [0, 2, 3, 4], so slot i pairs class i with class i + 1
+    labels[0, 0] = 255
+    onehot = F.one_hot(labels.clamp_max(C - 1), C).permute(0, 3, 1, 2).bool() & (labels != 255)[:, None]
+    low_mask = torch.rand(batch, height, width, generator=g) < 0.6
+    high_mask = torch.rand(batch, height, width, generator=g) < 0.6
+    low_mask[:num_labeled], high_mask[:num_labeled] = labels[:num_labeled] != 255, labels[:num_labeled] != 255
+    uniforms = torch.rand(C, cfg.num_queries, generator=g)
+    negatives = torch.randn(C, cfg.num_queries, cfg.num_negatives, dim, generator=g)
+
+    low_valid, anchor, negative_class = u2pl.contrastive_masks(onehot, prob, low_mask, high_mask, num_labeled, cfg)
+    count = low_valid.sum(dim=(0, 2, 3))
+    prototypes = torch.einsum("bchw,bdhw->cd", low_valid.float(), rep_t) / count.clamp_min(1)[:, None]
+    loss = u2pl.contrastive_loss(
+        rep, prototypes, count > 0, anchor, uniforms, lambda q: (negatives[q], torch.ones(C, dtype=torch.bool)), 0.5
+    )
+    want, keys = _official_contrastive(
+        rep, rep_t, onehot, prob, low_mask, high_mask, num_labeled, cfg, uniforms, negatives
+    )
+    torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
+    assert loss > 0
+    flat_keys = rep_t.permute(0, 2, 3, 1).reshape(-1, dim)
+    for c in range(C):
+        torch.testing.assert_close(flat_keys[negative_class.flatten() == c], keys[c], msg=f"keys of class {c}")
+    assert sum(len(k) for k in keys) > 0
+    assert (negative_class[:num_labeled] == -1).all()  # the official masks never take labelled negatives (U2PL#171)
+
+
+def test_contrastive_loss_is_zero_with_one_class():
+    rep = torch.randn(2, 4, 3, 3, requires_grad=True)
+    anchor = torch.zeros(2, C, 3, 3, dtype=torch.bool)
+    anchor[:, 1] = True
+    valid = torch.tensor([False, True, False, False, False])
+    loss = u2pl.contrastive_loss(
+        rep, torch.randn(C, 4), valid, anchor, torch.rand(C, 2), lambda q: (torch.randn(C, 2, 3, 4), valid), 0.5
+    )
+    assert loss == 0 and loss.requires_grad
+
+
+def test_queue_keeps_the_newest_keys_per_class_through_enqueue():
+    method, _ = _build(queue_length=3)
+    g = torch.Generator().manual_seed(0)
+    history = {c: [] for c in range(C)}
+    for _ in range(3):
+        rep_t = torch.randn(1, method.model.rep_channels, 2, 3, generator=g)
+        classes = torch.randint(-1, 3, (1, 2, 3), generator=g)
+        method.enqueue(rep_t, classes)
+        flat = rep_t.permute(0, 2, 3, 1).reshape(-1, rep_t.shape[1])
+        for row, c in zip(flat, classes.flatten().tolist(), strict=True):
+            if c >= 0:
+                history[c].append(row)
+    state = method.state_dict()
+    for c in range(C):
+        kept = history[c][-3:]
+        count, ptr = int(state["queue_count"][c]), int(state["queue_write_ptr"][c])
+        assert count == len(kept)
+        ring = state["queue_storage"][3 * c : 3 * c + 3]
+        got = [ring[(ptr - count + i) % 3] for i in range(count)]  # oldest first
+        for a, b in zip(got, kept, strict=True):
+            torch.testing.assert_close(a, b)
+
+
+def _student(method):
+    return [p.detach().clone() for p in method.model.parameters()]
+
+
+def test_teacher_follows_the_ema_formula_after_two_steps():
+    method, ctx = _build(contra_weight=0.0, cutmix_p=0.0, ema_decay=0.99)
+    snapshots = []
+    for step in range(2):
+        ctx.step_index = step
+        method.train_step(_batch(step), ctx)
+        snapshots.append(_student(method))
+    # step 0: momentum min(1 - 1/1, 0.99) = 0 -> copy; step 1: min(1 - 1/2, 0.99) = 0.5.
+    for teacher, s0, s1 in zip(method.teacher.parameters(), *snapshots, strict=True):
+        torch.testing.assert_close(teacher, 0.5 * s0 + 0.5 * s1)
+    assert any(not torch.equal(a, b) for a, b in zip(*snapshots, strict=True))
+    assert method.eval_model() is method.teacher
+
+
+def test_sup_only_phase_then_copy_window_and_eval_switch():
+    method, ctx = _build(sup_only_steps=1, teacher_copy_steps=2, contra_weight=0.0)
+    initial = [p.detach().clone() for p in method.teacher.parameters()]
+    ctx.step_index = 0
+    losses = method.train_step(_batch(0), ctx)
+    assert losses["loss/unsup"] == 0 and method.eval_model() is method.model
+    assert all(torch.equal(t, i) for t, i in zip(method.teacher.parameters(), initial, strict=True))
+    for step in (1, 2):  # both inside the copy window: teacher = student after the step (official shared storage)
+        ctx.step_index = step
+        method.train_step(_batch(step), ctx)
+        for teacher, student in zip(method.teacher.parameters(), method.model.parameters(), strict=True):
+            assert torch.equal(teacher, student)
+    assert method.eval_model() is method.teacher
+
+
+def test_cutmix_mixes_image_and_pseudo_label_with_the_same_box():
+    g = torch.Generator().manual_seed(0)
+    image, label = torch.randn(3, 3, 20, 30, generator=g), torch.randint(0, C, (3, 20, 30), generator=g)
+    uniforms = torch.rand(3, 3, generator=g, dtype=torch.float64)
+    mixed, mixed_label, box = u2pl.cutmix(image, label, torch.tensor(True), uniforms)
+    for i in range(3):
+        rows, cols = box[i].any(dim=1).nonzero().flatten(), box[i].any(dim=0).nonzero().flatten()
+        h, w = len(rows), len(cols)
+        assert box[i].sum() == h * w  # one rectangle
+        assert 16 <= w <= 29 and h == round(20 * 30 / 2 / w)  # generate_cutout_mask(ratio=2) geometry
+        nxt = (i + 1) % 3
+        assert torch.equal(mixed[i][:, box[i]], image[nxt][:, box[i]])
+        assert torch.equal(mixed[i][:, ~box[i]], image[i][:, ~box[i]])
+        assert torch.equal(mixed_label[i], torch.where(box[i], label[nxt], label[i]))
+    unchanged, same_label, none = u2pl.cutmix(image, label, torch.tensor(False), uniforms)
+    assert torch.equal(unchanged, image) and torch.equal(same_label, label) and not none.any()
+
+
+@pytest.mark.parametrize("min_kept", [5, 50, 10_000])
+def test_ohem_matches_the_official_sort_based_version(min_kept):
+    g = torch.Generator().manual_seed(min_kept)
+    logits = torch.randn(2, C, 6, 7, generator=g) * 3
+    label = torch.randint(0, C, (2, 6, 7), generator=g)
+    label[0, :2] = 255
+    got = u2pl.ohem_cross_entropy(logits, label, 0.7, min_kept)
+
+    target = label.flatten().clone()
+    valid = target != 255
+    target = target * valid.long()
+    prob = torch.softmax(logits, 1).transpose(0, 1).reshape(C, -1)
+    if not min_kept > valid.sum():
+        prob = prob.masked_fill(~valid, 1)
+        mask_prob = prob[target, torch.arange(len(target))]
+        threshold = 0.7
+        _, index = mask_prob.sort()
+        threshold_index = index[min(len(index), min_kept) - 1]
+        if mask_prob[threshold_index] > 0.7:
+            threshold = mask_prob[threshold_index]
+        valid = valid & mask_prob.le(threshold)
+    target = target.masked_fill(~valid, 255).view(2, 6, 7)
+    torch.testing.assert_close(got, F.cross_entropy(logits, target, ignore_index=255))
