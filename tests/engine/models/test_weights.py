@@ -173,3 +173,109 @@ def test_build_segmenter_loads_pretrained(tmp_path, source):
     model = build_segmenter(cfg)
     assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     _assert_same(model.state_dict(), source.state_dict(), source.state_dict())
+
+
+# ------------------------------------------------------------------ other stages' checkpoints, torchvision VGG-16
+def _hypercolumn(num_classes: int = 5, multi_level: bool = False, width: int = 4, seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_segmenter(Model(name="hypercolumn", width=width, num_classes=num_classes, multi_level=multi_level))
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.rand_like(tensor))
+    return model
+
+
+def _checkpoint(model, path, name="hypercolumn"):
+    torch.save({"models": {"model": model.state_dict()}, "step": 7, "config": {"model": {"name": name}}}, path)
+
+
+def test_segadapt_checkpoint_with_another_head_loads_the_backbone_and_reports_the_head(tmp_path):
+    source = _hypercolumn(num_classes=5, multi_level=True, seed=1)
+    _checkpoint(source, tmp_path / "stage.pt")
+    target = _hypercolumn(num_classes=7, multi_level=False, seed=2)
+    classifier_before = {k: v.clone() for k, v in target.state_dict().items() if k.startswith("head.2.")}
+    report = load_pretrained(target, tmp_path / "stage.pt")
+    assert report.format == "segadapt" and "model 'hypercolumn'" in report.notes[0] and "step 7" in report.notes[0]
+    assert sorted(report.kept) == ["head.2.bias", "head.2.weight"]
+    assert sorted(report.skipped) == ["aux_head.bias", "aux_head.weight", "head.2.bias", "head.2.weight"]
+    shared = [k for k in target.state_dict() if not k.startswith("head.2.")]
+    _assert_same(target.state_dict(), source.state_dict(), shared)  # backbone, fc6/fc7 and the MLP's first layer
+    _assert_same(target.state_dict(), classifier_before, classifier_before)
+
+
+def test_segadapt_checkpoint_backbone_mismatch_still_raises(tmp_path):
+    _checkpoint(_hypercolumn(width=8), tmp_path / "wide.pt")
+    with pytest.raises(ValueError, match=r"shape mismatch .*backbone\.features\.0\.weight: \(8, 1, 3, 3\) vs \(4, 1"):
+        load_pretrained(_hypercolumn(width=4), tmp_path / "wide.pt")
+    state = _hypercolumn().state_dict()
+    del state["backbone.features.1.running_var"]
+    torch.save({"models": {"model": state}}, tmp_path / "partial.pt")
+    with pytest.raises(ValueError, match=r"missing \(1\): backbone\.features\.1\.running_var"):
+        load_pretrained(_hypercolumn(), tmp_path / "partial.pt")
+
+
+class _VGGNet(torch.nn.Module):
+    """An FCN-style holder of engine.models.vgg.VGG16 as `backbone` plus convs named fc6 / fc7 (LSD-seg's layout)."""
+
+    def __init__(self, width: int = 4, fc: int = 16, batch_norm: bool = True):
+        super().__init__()
+        from engine.models.vgg import VGG16
+
+        self.backbone = VGG16(width=width, batch_norm=batch_norm)
+        self.fc6 = torch.nn.Conv2d(8 * width, fc, 7)
+        self.fc7 = torch.nn.Conv2d(fc, fc, 1)
+        self.score = torch.nn.Conv2d(fc, 3, 1)
+
+
+def _torchvision_vgg(width: int = 4, fc: int = 16, batch_norm: bool = True) -> dict:
+    """A torchvision vgg16(_bn) state_dict at a tiny width: features.N.*, classifier.0/3/6.*."""
+    from engine.models.vgg import VGG16
+
+    features = {f"features.{k}": torch.rand_like(v) if v.is_floating_point() else v
+                for k, v in VGG16(width=width, batch_norm=batch_norm).features.state_dict().items()}  # fmt: skip
+    classifier = {
+        "classifier.0.weight": torch.randn(fc, 8 * width * 49),
+        "classifier.0.bias": torch.randn(fc),
+        "classifier.3.weight": torch.randn(fc, fc),
+        "classifier.3.bias": torch.randn(fc),
+        "classifier.6.weight": torch.randn(1000, fc),
+        "classifier.6.bias": torch.randn(1000),
+    }
+    return {**features, **classifier}
+
+
+def test_torchvision_vgg16_bn_into_a_backbone_with_fc6_fc7(tmp_path):
+    state = _torchvision_vgg()
+    torch.save(state, tmp_path / "vgg16_bn.pth")
+    model = _VGGNet()
+    score_before = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("score.")}
+    report = load_pretrained(model, tmp_path / "vgg16_bn.pth")
+    assert report.format == "torchvision_vgg"
+    assert sorted(report.skipped) == ["classifier.6.bias", "classifier.6.weight"]
+    assert sorted(report.kept) == ["score.bias", "score.weight"]
+    own = model.state_dict()
+    for key, value in state.items():
+        if key.startswith("features."):
+            torch.testing.assert_close(own[f"backbone.{key}"], value, rtol=0, atol=0)
+    torch.testing.assert_close(own["fc6.weight"], state["classifier.0.weight"].reshape(16, 32, 7, 7), rtol=0, atol=0)
+    torch.testing.assert_close(own["fc7.weight"], state["classifier.3.weight"].reshape(16, 16, 1, 1), rtol=0, atol=0)
+    torch.testing.assert_close(own["fc6.bias"], state["classifier.0.bias"], rtol=0, atol=0)
+    _assert_same(own, score_before, score_before)
+
+
+def test_torchvision_vgg16_bn_into_the_grey_hypercolumn_net(tmp_path):
+    state = _torchvision_vgg()
+    torch.save(state, tmp_path / "vgg16_bn.pth")
+    model = _hypercolumn()
+    report = load_pretrained(model, tmp_path / "vgg16_bn.pth")
+    assert any("summed over its 3 input channels" in note for note in report.notes)
+    assert {"classifier.0.weight", "classifier.3.weight", "classifier.6.weight"} <= set(report.skipped)  # no fc6/fc7
+    torch.testing.assert_close(model.backbone.features[0].weight, state["features.0.weight"].sum(1, keepdim=True))
+    torch.testing.assert_close(model.backbone.features[1].running_mean, state["features.1.running_mean"])
+
+
+def test_torchvision_vgg16_without_bn_into_a_bn_backbone_raises(tmp_path):
+    torch.save(_torchvision_vgg(batch_norm=False), tmp_path / "vgg16.pth")
+    with pytest.raises(ValueError, match=r"torchvision_vgg weights do not fit the model; missing"):
+        load_pretrained(_VGGNet(), tmp_path / "vgg16.pth")
