@@ -100,6 +100,7 @@ class DeepLabV2(ResNet):
             raise ValueError(f"model.num_classes must be a positive int, got {num_classes!r}")
         self.num_classes = num_classes
         self.multi_level = multi_level
+        self.return_features = False  # LSD-seg sets it: also return layer2/3/4 features (see forward)
         if multi_level:
             self.layer5 = ASPP(self.layer3_channels, num_classes, aspp_rates, sum_first_two_only)
         self.layer6 = ASPP(self.layer4_channels, num_classes, aspp_rates, sum_first_two_only)
@@ -109,12 +110,18 @@ class DeepLabV2(ResNet):
 
         Returns:
             "main": layer6 logits (N, num_classes, h, w) with h = floor((H4 - 1) / 2) + 1 where H4 is the stem output
-            (`ResNet.stem`); "aux": layer5 logits of the same shape, only when multi_level.
+            (`ResNet.stem`); "aux": layer5 logits of the same shape, only when multi_level. When `return_features`
+            is set (LSD-seg's generator inputs): "feat_deep" layer4, "feat_mid" layer3, "feat_shallow" layer2
+            features, all (N, C, h, w) at stride 8.
         """
-        x = self.layer3(self.layer2(self.layer1(self.stem(image))))
-        out = {"main": self.layer6(self.layer4(x))}
+        shallow = self.layer2(self.layer1(self.stem(image)))
+        x = self.layer3(shallow)
+        deep = self.layer4(x)
+        out = {"main": self.layer6(deep)}
         if self.multi_level:
             out["aux"] = self.layer5(x)
+        if self.return_features:
+            out.update(feat_deep=deep, feat_mid=x, feat_shallow=shallow)
         return out
 
     def head_parameters(self) -> list[nn.Parameter]:

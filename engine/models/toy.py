@@ -29,6 +29,7 @@ class ToySegmenter(nn.Module):
                 raise ValueError(f"ToySegmenter: {name} must be a positive int, got {value!r}")
         self.num_classes = num_classes
         self.multi_level = multi_level
+        self.return_features = False  # LSD-seg sets it: also return the stem features (see forward)
         self.stem = nn.Conv2d(3, width, 7, 4, padding=3)
         self.relu = nn.ReLU(inplace=True)
         self.classifier = nn.Conv2d(width, num_classes, 3, 2, padding=1)
@@ -41,6 +42,8 @@ class ToySegmenter(nn.Module):
         out = {"main": self.classifier(x)}
         if self.multi_level:
             out["aux"] = self.aux_classifier(x)
+        if self.return_features:  # LSD-seg's generator inputs: the only hidden map, stride 4, three times
+            out.update(feat_deep=x, feat_mid=x, feat_shallow=x)
         return out
 
     def head_parameters(self) -> list[nn.Parameter]:
