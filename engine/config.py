@@ -383,9 +383,17 @@ class Optim:
 @_frozen
 class Schedule:
     policy: str = "poly"
-    """Learning-rate policy: "poly" (lr * (1 - step/total_steps) ** power) or "constant"."""
+    """Learning-rate policy: "poly" (lr * (1 - step/total_steps) ** power), "constant", "step" (x gamma every
+    `step_size` steps: LSD-seg's x0.1 every 8 epochs) or "multistep" (x gamma at each of `milestones`: Caffe's
+    multistep, Mix-and-Match)."""
     power: float = 0.9
     """Exponent of the poly policy."""
+    gamma: float = 0.1
+    """Factor of the "step" and "multistep" policies."""
+    step_size: int = 0
+    """Steps between decays of the "step" policy."""
+    milestones: tuple[int, ...] = ()
+    """Steps at which the "multistep" policy multiplies the learning rate by gamma."""
     total_steps: int = 250000
     """Horizon of the poly decay, NUM_STEPS."""
     stop_step: int = 150000

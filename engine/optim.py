@@ -22,16 +22,34 @@ def make_optimizer(spec: OptimizerSpec, device: torch.device, fused: str) -> tor
     raise ValueError(f"optim.name = {spec.kind!r}: expected 'sgd' or 'adam'")
 
 
+POLICIES = ("poly", "constant", "step", "multistep")
+
+
 def lr_factor(schedule: Schedule, step: int) -> float:
-    """Poly decay (official `lr_poly`): (1 - step / total_steps) ** power, evaluated at the start of the step."""
+    """The schedule's multiplier at the start of `step` (0-based).
+
+    poly (official `lr_poly`): (1 - step / total_steps) ** power; step: gamma ** (step // step_size); multistep:
+    gamma ** (number of milestones <= step), as Caffe's "multistep" counts them.
+    """
     if schedule.policy == "constant":
         return 1.0
-    if schedule.policy != "poly":
-        raise ValueError(f"schedule.policy = {schedule.policy!r}: expected 'poly' or 'constant'")
-    return (1.0 - step / schedule.total_steps) ** schedule.power
+    if schedule.policy == "poly":
+        return (1.0 - step / schedule.total_steps) ** schedule.power
+    if schedule.policy == "step":
+        if schedule.step_size < 1:
+            raise ValueError(f"schedule.step_size = {schedule.step_size}: the step policy needs a positive step_size")
+        return schedule.gamma ** (step // schedule.step_size)
+    if schedule.policy == "multistep":
+        if list(schedule.milestones) != sorted(schedule.milestones) or not schedule.milestones:
+            raise ValueError(f"schedule.milestones = {schedule.milestones}: expected increasing steps, at least one")
+        return schedule.gamma ** sum(1 for milestone in schedule.milestones if step >= milestone)
+    raise ValueError(f"schedule.policy = {schedule.policy!r}: expected one of {', '.join(POLICIES)}")
 
 
-def set_lr(optimizers: dict[str, torch.optim.Optimizer], specs: dict[str, OptimizerSpec], factor: float) -> None:
+def set_lr(optimizers: dict[str, torch.optim.Optimizer], specs: dict[str, OptimizerSpec], factor: float,
+           scale: float = 1.0) -> None:  # fmt: skip
+    """lr = spec.lr * group lr_mult * scale, times the schedule `factor` for specs that follow the schedule."""
     for name, optimizer in optimizers.items():
+        spec = specs[name]
         for group in optimizer.param_groups:
-            group["lr"] = specs[name].lr * group["lr_mult"] * factor
+            group["lr"] = spec.lr * group["lr_mult"] * scale * (factor if spec.scheduled else 1.0)

@@ -148,7 +148,7 @@ def build_everything(cfg: Config, world: distributed.World = distributed.World()
 
 def train_step(run: Run, step: int) -> dict[str, torch.Tensor]:
     """One optimizer step: `iter_size` micro-steps, then the scaler update. No host sync unless asked."""
-    set_lr(run.optimizers, run.specs, lr_factor(run.cfg.schedule, step) * run.lr_scale)
+    set_lr(run.optimizers, run.specs, lr_factor(run.cfg.schedule, step), run.lr_scale)
     run.ctx.step_index = step
     for micro in range(run.cfg.train.iter_size):
         run.ctx.micro_step = micro

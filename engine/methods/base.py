@@ -29,6 +29,7 @@ class OptimizerSpec:
     momentum: float = 0.9
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 0.0
+    scheduled: bool = True  # False: the learning rate stays constant (LSD-seg's G and D never decay)
 
 
 class StepContext:

@@ -257,8 +257,9 @@ class LSDSeg(Method):
         model = OptimizerSpec(groups, optim.name, optim.lr, optim.momentum, optim.betas, optim.weight_decay)
 
         def adam(module: nn.Module, name: str, lr: float) -> OptimizerSpec:
+            # Official: only F's optimizer decays (x0.1 every 8 epochs); G and D keep their learning rate.
             return OptimizerSpec([{"params": list(module.parameters()), "lr_mult": 1.0, "name": name}], "adam", lr,
-                                 betas=cfg.gd_betas)  # fmt: skip
+                                 betas=cfg.gd_betas, scheduled=False)  # fmt: skip
 
         return {
             "model": model,
