@@ -237,6 +237,11 @@ class U2PL:
     """Steps from sup_only_steps on after which the teacher is set to the student instead of the EMA update. Official
     quirk: `t.data = s.data` sits inside the iteration loop of epoch sup_only_epoch, so the teacher shares the student's
     storage for that whole epoch: set it to the steps per epoch; 1 gives the EMA formula alone (momentum 0 at first)."""
+    copy_teacher_buffers: bool = False
+    """Also copy the student's BatchNorm running statistics when the teacher is first set to the student. Official:
+    off (parameters only; the teacher's statistics were gathered by its own train-mode forwards of its initial
+    weights, harmless with a pretrained backbone). From scratch those statistics belong to untrained weights and the
+    first pseudo-labels are noise that drags the student down (measured on the synthshift demo), so the demo sets it."""
     steps_per_epoch: int = 0
     """Official epoch length in steps (len(loader_l)); > 0 makes the unreliable share and alpha_t decay once per
     epoch (epoch / epochs, as the official code) instead of every step (step / total_steps)."""

@@ -400,6 +400,8 @@ class U2PL(Method):
         if step == cfg.sup_only_steps and ctx.micro_step == 0:
             with torch.no_grad():
                 torch._foreach_copy_(list(self.teacher.parameters()), list(self.model.parameters()))
+                if cfg.copy_teacher_buffers:
+                    torch._foreach_copy_(list(self.teacher.buffers()), list(self.model.buffers()))
         with torch.no_grad():
             with _mode(self.teacher, False), ctx.autocast():
                 logits_u = self.teacher(image_u)["main"]

@@ -194,6 +194,30 @@ def test_sup_only_phase_then_copy_window_and_eval_switch():
     assert method.eval_model() is method.teacher
 
 
+@pytest.mark.parametrize("copy_buffers", [False, True])
+def test_teacher_statistics_are_copied_at_the_semi_start_only_when_asked(copy_buffers):
+    method, ctx = _build(sup_only_steps=1, contra_weight=0.0, copy_teacher_buffers=copy_buffers)
+    ctx.step_index = 0
+    method.train_step(_batch(0), ctx)  # sup-only: the teacher's own train-mode forward moves its statistics
+    student = {k: v.clone() for k, v in method.model.named_buffers() if "running" in k}
+    teacher = {k: v.clone() for k, v in method.teacher.named_buffers() if "running" in k}
+    assert any(not torch.equal(student[k], teacher[k]) for k in student)
+    calls = []
+    real_teacher_forward = method.teacher.forward
+
+    def spy(image):  # the statistics the first semi-phase pseudo-labels are computed with
+        if not calls:
+            calls.append({k: v.clone() for k, v in method.teacher.named_buffers() if "running" in k})
+        return real_teacher_forward(image)
+
+    method.teacher.forward = spy
+    ctx.step_index = 1
+    method.train_step(_batch(1), ctx)
+    used = calls[0]
+    reference = student if copy_buffers else teacher
+    assert all(torch.equal(used[k], reference[k]) for k in used)
+
+
 def test_cutmix_mixes_image_and_pseudo_label_with_the_same_box():
     g = torch.Generator().manual_seed(0)
     image, label = torch.randn(3, 3, 20, 30, generator=g), torch.randint(0, C, (3, 20, 30), generator=g)
