@@ -22,8 +22,8 @@ loss only). Every loss value therefore depends on the start-of-step parameters, 
 gradient of its own loss there. We compute exactly those three gradients before any step, each from forwards in
 which the other networks are frozen or their inputs detached (D: on G's outputs detached; G: on F's features
 detached, D frozen; F: G and D frozen), then step D, G, F. Re-running the G / D forwards per update (instead of one
-graph with retain_graph) keeps every DDP-wrapped forward paired with exactly one backward. The F forwards are run
-once per domain. The one thing not reproduced: under PyTorch 0.2 the official G and F backward passes read D's (and
+graph with retain_graph) keeps every DDP-wrapped module to one backward per step: D runs one forward and one
+backward per domain; G and F run one forward per domain and a single backward of both domains' summed terms. The one thing not reproduced: under PyTorch 0.2 the official G and F backward passes read D's (and
 G's) weights *after* their in-place `optimizer.step()` (a `.data` update the 0.2 autograd did not version-check);
 modern PyTorch refuses that, and we use the start-of-step weights throughout.
 
@@ -32,7 +32,7 @@ modern PyTorch refuses that, and we use the start-of-step weights throughout.
 | pixel-sum CE divided by batch (size_average=False)                | always (`_ce_sum`, fused kernel for F's CE)  |
 | G's domain weight 0.1 hard-coded                                  | method.g_adv_weight = 0.1                    |
 | F: Adam, biases 2x lr, no weight decay (Adam branch of train.py)  | method.bias_lr_mult = 2, optim.weight_decay=0|
-| F lr x0.1 every 8 epochs (F only; epoch = 2975 target images)     | not yet: needs a "step" schedule (engine)    |
+| F lr x0.1 every 8 epochs (F only; epoch = 2975 target images)     | schedule.policy = "step"; G, D unscheduled   |
 | y_D: PIL resize((h, w)) (the (W, H) argument order swapped), -1   | nearest-exact resize to (h, w), 255 ignored  |
 |   ignore cast to uint8 255 and not ignored                         |                                              |
 | G's last ConvT(64->3, k8, s2, p100) undoes FCN's 100-px padding    | padding = model.input_padding (FCN: 100),    |
@@ -300,7 +300,8 @@ class LSDSeg(Method):
             ctx.backward(loss / n)
             loss_d = loss_d + loss.detach() / n
 
-        # (2) G: through the frozen raw D (its parameters get no gradient here).
+        # (2) G: through the frozen raw D (its parameters get no gradient here). Both domains' terms go into one
+        # backward: G ran one forward per domain, and under DDP a module's forwards of a step share one backward.
         loss_g = 0.0
         with frozen(self.discriminators):
             for domain, domain_class in (("source", 0), ("target", 2)):
@@ -310,10 +311,11 @@ class LSDSeg(Method):
                 loss = loss + cfg.l1_weight * F.l1_loss(fake[domain].float(), real[domain])
                 if domain == "source":
                     loss = loss + _ce_sum(c, label_d)
-                ctx.backward(loss / n)
-                loss_g = loss_g + loss.detach() / n
+                loss_g = loss_g + loss / n
+        ctx.backward(loss_g)
 
-        # (3) F: segmentation + flipped domain labels through frozen raw G and D.
+        # (3) F: segmentation + flipped domain labels through frozen raw G and D; one backward for both domains (F
+        # also ran one forward per domain).
         loss_f = 0.0
         with frozen(self.generator, self.discriminators):
             for domain, flipped_class in (("source", 3), ("target", 0)):
@@ -326,13 +328,13 @@ class LSDSeg(Method):
                         out[domain]["main"], source["label"], align_corners=cfg.align_corners, reduction="sum"
                     )
                     loss = loss + seg + cfg.c_weight * _ce_sum(c, label_d)
-                ctx.backward(loss / n)
-                loss_f = loss_f + loss.detach() / n
+                loss_f = loss_f + loss / n
+        ctx.backward(loss_f)
 
         ctx.step("discriminator")
         ctx.step("generator")
         ctx.step("model")
-        return {"loss/seg": seg.detach() / n, "loss/d": loss_d, "loss/g": loss_g, "loss/f": loss_f}
+        return {"loss/seg": seg.detach() / n, "loss/d": loss_d, "loss/g": loss_g.detach(), "loss/f": loss_f.detach()}
 
 
 def build(model: nn.Module, cfg: Config) -> LSDSeg:

@@ -2,6 +2,7 @@
 what every rank ended with, so the test can compare ranks with each other and with a single process.
 
 Usage: python -m torch.distributed.run --nproc-per-node N tests/engine/ddp_worker.py CONFIG.json STEPS OUT.pt
+CONFIG.json is one config tree, or {"methods": {name: tree}} for one step of each (STEPS is then ignored).
 Environment: FAIL_RANK=r raises a RuntimeError on rank r at step 1; NAN_RANK=r makes rank r's losses NaN.
 """
 
@@ -23,13 +24,36 @@ from engine.train import train_step
 
 
 def flat_state(module: torch.nn.Module) -> torch.Tensor:
-    """Every floating-point tensor of the method's state_dict, flattened in key order."""
-    return torch.cat([v.detach().float().reshape(-1) for v in module.state_dict().values() if v.is_floating_point()])
+    """Every parameter of the method (segmenter, discriminators, generator, teacher), flattened in order.
+
+    BatchNorm running statistics are left out: without SyncBatchNorm each rank's follow its own images between
+    forwards (DDP re-broadcasts rank 0's at the start of every forward), so they are not expected to agree.
+    """
+    return torch.cat([p.detach().float().reshape(-1) for p in module.parameters()])
+
+
+def one_step_each(trees: dict[str, dict], out: str) -> None:
+    """One optimizer step of every config in `trees`; rank 0 saves each method's gathered states before and after."""
+    world = distributed.init("gloo", "cpu", 120.0)
+    results = {}
+    for name, tree in trees.items():
+        run = build_everything(config.load_dict(tree, f"{name}.json"), world)
+        before = distributed.all_gather_cat(flat_state(run.method)[None])
+        losses = train_step(run, 0)
+        check_finite(losses, 1)
+        results[name] = {"before": before, "after": distributed.all_gather_cat(flat_state(run.method)[None])}
+        run.streams.close()
+    if world.is_main:
+        torch.save(results, out)
 
 
 def main() -> None:
     cfg_path, steps, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    cfg = config.load_dict(json.loads(open(cfg_path).read()), cfg_path)
+    tree = json.loads(open(cfg_path).read())
+    if "methods" in tree:
+        one_step_each(tree["methods"], out)
+        return
+    cfg = config.load_dict(tree, cfg_path)
     world = distributed.init("gloo", "cpu", 120.0)
     run = build_everything(cfg, world)
     losses: dict[str, torch.Tensor] = {}

@@ -105,6 +105,47 @@ def test_two_ranks_match_each_other_and_one_process_with_the_global_batch(synth,
     assert out["miou"] == pytest.approx(miou, abs=1e-6), "2-rank evaluation differs from 1-rank evaluation"
 
 
+def _every_method(synth, run_dir) -> dict[str, dict]:
+    """A tiny config of every registered method: semi-supervised ones read half of the target train images as
+    labelled and the rest as unlabelled; models as in the registry contract test."""
+    from engine.methods import METHODS
+
+    split = {"dataset": "cityscapes", "root": str(synth / "cityscapes"), "batch_size": 4, "split_seed": 0}
+    sections = {
+        "supervised": {"name": "supervised", "stream": "labeled"},
+        "advsemiseg": {"name": "advsemiseg", "semi_start": 0, "d_width": 8},
+        "lsdseg": {"name": "lsdseg", "d_width": 8, "g_width": 4},
+        "mixmatch": {"name": "mixmatch", "side_range": [8, 24], "output_size": 16, "patches_per_image": 3,
+                     "candidates_per_image": 16},
+        "u2pl": {"name": "u2pl", "num_queries": 4, "num_negatives": 3, "queue_length": 64},
+    }  # fmt: skip
+    models = {"u2pl": {"name": "deeplabv3plus", "backbone": "resnet18", "width": 4},
+              "colorization": {"name": "hypercolumn", "width": 4}, "mixmatch": {"name": "hypercolumn", "width": 4}}
+    trees = {}
+    for name in sorted(METHODS):
+        tree = _tree(synth, run_dir / name, name)
+        tree["method"] = sections.get(name, tree["method"])
+        tree["model"] = {**tree["model"], **models.get(name, {})}
+        tree["data"]["labeled"] = {**split, "fraction": 0.5}
+        tree["data"]["unlabeled"] = {**split, "fraction": 0.5, "complement": True}
+        trees[name] = tree
+    return trees
+
+
+def test_one_step_of_every_method_on_two_ranks(synth, tmp_path):
+    """Every method's DDP wrapping is consistent: one step runs, changes the weights, and leaves both ranks equal."""
+    result, out = _worker(tmp_path, {"methods": _every_method(synth, tmp_path)}, steps=1)
+    assert result.returncode == 0, result.stderr[-6000:]
+    from engine.methods import METHODS
+
+    assert set(out) == set(METHODS)
+    for name, states in out.items():
+        before, after = states["before"], states["after"]
+        assert torch.equal(before[0], before[1]), f"{name}: ranks start from different weights"
+        assert not torch.equal(before[0], after[0]), f"{name}: one step changed nothing"
+        torch.testing.assert_close(after[0], after[1], rtol=0, atol=0, msg=lambda m, n=name: f"{n}: {m}")
+
+
 def test_checkpoint_from_two_ranks_resumes_on_one(synth, tmp_path):
     tree = _tree(synth, tmp_path / "run", "adaptsegnet", steps=2)
     cfg_path = tmp_path / "two.json"
