@@ -5,6 +5,7 @@ import json
 import pytest
 
 from engine import cli
+from engine import config
 
 
 def test_train_help_lists_documented_fields(capsys):
@@ -73,3 +74,18 @@ def test_demo_code_path_at_toy_size(tmp_path, capsys):
     assert metrics["miou"] == pytest.approx(results["best"]["miou"], abs=1e-6)  # best.pt reproduces its score
     assert cli.main(["report", str(tmp_path / "runs" / "adaptsegnet")]) == 0
     assert (tmp_path / "runs" / "adaptsegnet" / "report" / "summary.md").is_file()
+
+
+@pytest.mark.parametrize(("recipe", "stream"), [("semi_demo_advsemiseg", "labeled"), ("demo", "source")])
+def test_supervised_baseline_trains_on_the_main_methods_labelled_stream(recipe, stream):
+    from engine.cli import baseline_section
+
+    section = baseline_section(config.load(recipe), "supervised")
+    assert section.name == "supervised" and section.stream == stream
+
+
+def test_unknown_baseline_is_named():
+    from engine.cli import baseline_section
+
+    with pytest.raises(config.ConfigError, match="train.compare_methods names 'oracle'"):
+        baseline_section(config.load("demo"), "oracle")
