@@ -67,19 +67,3 @@ def test_outputs_and_parameter_groups():
         model(image, output="hypercolumn")
     with pytest.raises(ValueError, match="model.width"):
         _net(width=0)
-
-
-def test_exports_to_onnx_and_matches(tmp_path):
-    onnx = pytest.importorskip("onnx")
-    onnxruntime = pytest.importorskip("onnxruntime")
-    model = _net().eval()
-    image = torch.randn(1, 3, 32, 48) * 50
-    path = tmp_path / "model.onnx"
-    torch.onnx.export(model, (image,), str(path), input_names=["image"], output_names=["main"], opset_version=17,
-                      dynamo=False)  # fmt: skip
-    onnx.checker.check_model(onnx.load(str(path)))
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (got,) = session.run(None, {"image": image.numpy()})
-    with torch.no_grad():
-        want = model(image)["main"]
-    torch.testing.assert_close(torch.from_numpy(got), want, atol=1e-4, rtol=1e-4)

@@ -90,3 +90,22 @@ def test_toy_output_stride_8(size):
 def test_bad_config_raises(changes, match):
     with pytest.raises(ValueError, match=match):
         build_segmenter(_cfg(changes.pop("name", "deeplabv2"), **changes))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_eval_graph_exports_to_onnx_and_onnxruntime_agrees(name, tmp_path):
+    """What `segadapt export` relies on: the eval-mode "main" output of every segmenter traces to ONNX (opset 17)."""
+    import onnx
+    import onnxruntime
+
+    model = build_segmenter(_cfg(name)).eval()
+    image = torch.randn(1, 3, 32, 48) * 50
+    path = tmp_path / "model.onnx"
+    torch.onnx.export(model, (image,), str(path), input_names=["image"], output_names=["main"], opset_version=17,
+                      dynamo=False)  # fmt: skip
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (got,) = session.run(["main"], {"image": image.numpy()})
+    with torch.no_grad():
+        want = model(image)["main"]
+    torch.testing.assert_close(torch.from_numpy(got), want, atol=1e-3, rtol=1e-4)
