@@ -19,8 +19,8 @@ import torch
 
 from engine import checkpoint
 from engine import distributed
-from engine.config import replace
 from engine.config import Config
+from engine.config import replace
 from engine.config import to_dict
 from engine.data import Streams
 from engine.data import ensure_synthshift
@@ -39,7 +39,10 @@ class NonFiniteLoss(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------------- device/AMP
-def resolve_device(name: str, world: distributed.World = distributed.World()) -> torch.device:
+SINGLE_PROCESS = distributed.World()
+
+
+def resolve_device(name: str, world: distributed.World = SINGLE_PROCESS) -> torch.device:
     """The training device; under torchrun every process takes the GPU of its LOCAL_RANK."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -113,7 +116,7 @@ def run_dir_for(cfg: Config) -> Path:
     return Path(cfg.train.run_dir.format(recipe=cfg.recipe or "run", method=cfg.method.name))
 
 
-def build_everything(cfg: Config, world: distributed.World = distributed.World()) -> Run:
+def build_everything(cfg: Config, world: distributed.World = SINGLE_PROCESS) -> Run:
     """Model, method, loaders, optimizers and step context of one process; `world` shards data and wraps modules."""
     device = resolve_device(cfg.train.device, world)
     rank_cfg, lr_scale = per_rank(cfg, world)
@@ -208,7 +211,8 @@ def describe_world(run: Run) -> str:
     """The log line saying how a multi-process run splits the batch and sets the learning rate."""
     world, cfg = run.world, run.cfg
     if cfg.train.batch_scaling == "scale_lr":
-        how = f"each process reads the recipe's batch (global batch x{world.world_size}), learning rates x{run.lr_scale:g}"
+        how = f"each process reads the recipe's batch (global batch x{world.world_size}), "
+        how += f"learning rates x{run.lr_scale:g}"
     else:
         how = f"global batch kept: each process reads batch_size / {world.world_size}, learning rates unchanged"
     return f"distributed: {world.world_size} processes ({cfg.train.dist_backend} backend on {run.device.type}); {how}"

@@ -14,7 +14,6 @@ from engine.methods.supervised import build_sourceonly
 from engine.methods.supervised import build_supervised
 
 
-
 def _lazy(module: str):
     """A builder `module.build(model, cfg)` imported on first use, so one method's imports never slow another's."""
 

@@ -23,9 +23,10 @@ gradient of its own loss there. We compute exactly those three gradients before 
 which the other networks are frozen or their inputs detached (D: on G's outputs detached; G: on F's features
 detached, D frozen; F: G and D frozen), then step D, G, F. Re-running the G / D forwards per update (instead of one
 graph with retain_graph) keeps every DDP-wrapped module to one backward per step: D runs one forward and one
-backward per domain; G and F run one forward per domain and a single backward of both domains' summed terms. The one thing not reproduced: under PyTorch 0.2 the official G and F backward passes read D's (and
-G's) weights *after* their in-place `optimizer.step()` (a `.data` update the 0.2 autograd did not version-check);
-modern PyTorch refuses that, and we use the start-of-step weights throughout.
+backward per domain; G and F run one forward per domain and a single backward of both domains' summed terms.
+The one thing not reproduced: under PyTorch 0.2 the official G and F backward passes read D's (and G's) weights
+*after* their in-place `optimizer.step()` (a `.data` update the 0.2 autograd did not version-check); modern
+PyTorch refuses that, and we use the start-of-step weights throughout.
 
 | official behaviour                                                | here                                         |
 |-------------------------------------------------------------------|----------------------------------------------|

@@ -16,10 +16,10 @@ import torch
 
 from engine import config
 from engine import distributed
+from engine.train import NullLogger
 from engine.train import build_everything
 from engine.train import check_finite
 from engine.train import maybe_evaluate
-from engine.train import NullLogger
 from engine.train import train_step
 
 

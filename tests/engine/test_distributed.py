@@ -17,13 +17,13 @@ from engine import checkpoint
 from engine import config
 from engine.data.labels import label_lut
 from engine.data.synthshift import generate
+from engine.distributed import World
+from engine.train import NullLogger
 from engine.train import build_everything
 from engine.train import maybe_evaluate
-from engine.train import NullLogger
 from engine.train import per_rank
 from engine.train import train
 from engine.train import train_step
-from engine.distributed import World
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 HANG_GUARD_S = 600  # kills a deadlocked job so CI reports it; not a performance limit

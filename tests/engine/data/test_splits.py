@@ -2,13 +2,13 @@
 
 import numpy as np
 import pytest
+from test_datasets import _gta5
 
 from engine import config
 from engine.config import Stream
 from engine.data.datasets import Sample
 from engine.data.datasets import draw_subset
 from engine.data.datasets import list_samples
-from test_datasets import _gta5
 
 
 def _samples(n: int) -> list[Sample]:

@@ -82,7 +82,10 @@ def test_toy_output_stride_8(size):
 @pytest.mark.parametrize(
     ("changes", "match"),
     [
-        ({"name": "pspnet"}, r"model.name = 'pspnet' is not a segmenter; choices: deeplabv2, deeplabv3plus, fcn8s, hypercolumn, toy"),
+        (
+            {"name": "pspnet"},
+            r"model.name = 'pspnet' is not a segmenter; choices: deeplabv2, deeplabv3plus, fcn8s, hypercolumn, toy",
+        ),
         ({"backbone": "resnet152"}, r"model.backbone = 'resnet152' .*resnet101, resnet18, resnet34, resnet50"),
         ({"name": "toy", "width": 0}, "model.width"),
     ],
