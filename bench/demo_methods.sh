@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the README's method tables on synthshift: bench/demo_methods.sh LANE SEED...
 #   LANE "semi": semi_demo_advsemiseg and semi_demo_u2pl, each with its supervised-only baseline (issue 8)
+#   LANE "semi-init": the same from a pretrained start (semi_demo_init_* trained once on the game domain, seed 0)
 #   LANE "lsd":  lsd_demo with its source-only baseline (issue 9)
 #   LANE "mm":   the three Mix-and-Match pipelines (colorization -> M&M -> fine-tune, colorization -> fine-tune,
 #                random init -> fine-tune) (issue 9)
@@ -19,6 +20,16 @@ for seed in "$@"; do
     semi)
       train semi_demo_advsemiseg "${common[@]}" --set "train.run_dir=\"$out/semi_demo_advsemiseg/{method}\""
       train semi_demo_u2pl "${common[@]}" --set "train.run_dir=\"$out/semi_demo_u2pl/{method}\"" ;;
+    semi-init)
+      for arch in deeplabv2 deeplabv3plus; do
+        init="runs/measure/init/semi_demo_init_$arch"
+        [ -f "$init/checkpoints/step_0000600.pt" ] || \
+          train "semi_demo_init_$arch" --set train.seed=0 --set "train.run_dir=\"$init\""
+      done
+      train semi_demo_advsemiseg "${common[@]}" --set "train.run_dir=\"$out/init/semi_demo_advsemiseg/{method}\"" \
+        --set 'model.pretrained="runs/measure/init/semi_demo_init_deeplabv2/checkpoints/step_0000600.pt"'
+      train semi_demo_u2pl "${common[@]}" --set "train.run_dir=\"$out/init/semi_demo_u2pl/{method}\"" \
+        --set 'model.pretrained="runs/measure/init/semi_demo_init_deeplabv3plus/checkpoints/step_0000600.pt"' ;;
     lsd)
       train lsd_demo "${common[@]}" --set "train.run_dir=\"$out/lsd_demo/{method}\"" ;;
     mm)
