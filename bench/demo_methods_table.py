@@ -1,7 +1,7 @@
 """Tabulate the runs of bench/demo_methods.sh: mean and per-seed mIoU (last and best) of every method and baseline.
 
 Usage: python bench/demo_methods_table.py [RUNS_DIR (default runs/measure)] [OUT_STEM (default
-bench/results/methods-demo-cpu)]. Writes OUT_STEM.json and OUT_STEM.md and prints the markdown.
+bench/results/methods/demo-x86-64-cpu)]. Writes OUT_STEM.json and OUT_STEM.md and prints the markdown.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def markdown(summary: dict) -> str:
 
 def main() -> None:
     runs = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/measure")
-    stem = Path(sys.argv[2] if len(sys.argv) > 2 else "bench/results/methods-demo-cpu")
+    stem = Path(sys.argv[2] if len(sys.argv) > 2 else "bench/results/methods/demo-x86-64-cpu")
     summary = collect(runs)
     text = markdown(summary)
     atomic_write_text(stem.with_suffix(".json"), json.dumps(summary, indent=2) + "\n")
