@@ -85,6 +85,7 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 
 def cmd_train(args) -> int:
+    from engine import distributed
     from engine.evaluate import format_table
     from engine.train import train
 
@@ -93,6 +94,9 @@ def cmd_train(args) -> int:
     results = {cfg.method.name: train(cfg, resume=args.resume)}
     for name in cfg.train.compare_methods:
         results[name] = train(config_module.replace(cfg, method=baseline_section(cfg, name)))
+    distributed.shutdown()  # on success only: after a failure torchrun tears the job down
+    if not distributed.env_world().is_main:
+        return 0  # rank 0 prints the table
     finals = {name: r["last"] for name, r in results.items() if r.get("last")}
     if finals:
         print(format_table(finals, cfg.model.num_classes))

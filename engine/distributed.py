@@ -108,6 +108,12 @@ def init(backend: str = "auto", device_type: str = "cpu", timeout_s: float = 180
     return world
 
 
+def shutdown() -> None:
+    """Leave the process group (end of a torchrun job); a no-op in a single process."""
+    if is_initialized():
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()
