@@ -156,6 +156,12 @@ class Supervised:
     """Which labelled stream to train on: "target", "labeled" or "source"."""
     lambda_seg: float = 0.1
     """Weight of the aux (conv4) segmentation loss."""
+    sparse_points: int = 0
+    """> 0: Mix-and-Match's sparse fine-tuning (Larsson's hypercolumn head): cross-entropy at this many random pixels
+    per image through the segmenter's `point_logits` output instead of the dense map (official 256); 0 = dense."""
+    sparse_margin: float = 0.1875
+    """Fraction of the width / height left out on each side when drawing sparse points (official: coordinates
+    uniform in [96, 416] of a 512 crop = 96 / 512)."""
 
 
 @_frozen

@@ -29,9 +29,9 @@ this is exactly the official `data_gray`: mean(104.008, 116.669, 122.679) / 255 
 | fc6 / fc7 of Larsson's VGG (dilated fully-connected convs)      | `fc67`: 3x3 conv + ReLU, 1x1 conv + ReLU on      |
 |                                                                 | pool5 (no BN), 16w channels (1024 at width 64)   |
 | Caffe pooling rounds up                                         | VGG16(ceil_mode=True)                            |
-| fine-tuning on 256 sparse points per image                      | the supervised method trains the dense stride-8  |
-|                                                                 | map (all grid points; `point_logits` is the      |
-|                                                                 | sparse path, same weights)                       |
+| fine-tuning on 256 sparse points per image                      | method.sparse_points = 256 (paper recipes) trains |
+|                                                                 | `point_logits`; 0 trains the dense stride-8 map  |
+|                                                                 | (the CPU demo); same weights either way          |
 | no aux head                                                     | `model.multi_level` adds a 1x1 conv4_3 classifier |
 |                                                                 | ("aux") for the engine's contract; recipes: off  |
 """
