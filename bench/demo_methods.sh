@@ -33,8 +33,8 @@ for seed in "$@"; do
     lsd)
       train lsd_demo "${common[@]}" --set "train.run_dir=\"$out/lsd_demo/{method}\"" ;;
     mm)
-      colorize="$out/mm/colorize/checkpoints/step_0000100.pt"
-      mixmatch="$out/mm/mixmatch/checkpoints/step_0000100.pt"
+      colorize="$out/mm/colorize/checkpoints/step_0000400.pt"
+      mixmatch="$out/mm/mixmatch/checkpoints/step_0000300.pt"
       train mm_demo_colorize "${common[@]}" --set "train.run_dir=\"$out/mm/colorize\""
       train mm_demo_mixmatch "${common[@]}" --set "train.run_dir=\"$out/mm/mixmatch\"" \
         --set "model.pretrained=\"$colorize\""

@@ -26,9 +26,9 @@ ROWS = [
     ("semi, pretrained start: DeepLab-v3+", "U2PL", "init/semi_demo_u2pl/u2pl"),
     ("UDA: DeepLab-v2 R18 w16, game -> photo", "source-only", "lsd_demo/sourceonly"),
     ("UDA: DeepLab-v2 R18 w16, game -> photo", "LSD-seg", "lsd_demo/lsdseg"),
-    ("M&M: hypercolumn VGG-16-BN w4, 19 labels", "random init -> fine-tune", "mm/finetune_from_scratch"),
-    ("M&M: hypercolumn VGG-16-BN w4, 19 labels", "colorization -> fine-tune", "mm/finetune_from_colorization"),
-    ("M&M: hypercolumn VGG-16-BN w4, 19 labels", "colorization -> M&M -> fine-tune", "mm/finetune_from_mixmatch"),
+    ("M&M: hypercolumn VGG-16-BN w8, 19 labels", "random init -> fine-tune", "mm/finetune_from_scratch"),
+    ("M&M: hypercolumn VGG-16-BN w8, 19 labels", "colorization -> fine-tune", "mm/finetune_from_colorization"),
+    ("M&M: hypercolumn VGG-16-BN w8, 19 labels", "colorization -> M&M -> fine-tune", "mm/finetune_from_mixmatch"),
 ]
 
 
