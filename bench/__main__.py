@@ -1,4 +1,4 @@
-"""`python -m bench {kernels,loader,infer,train} [...]` runs a benchmark; `python -m bench report` renders results.
+"""`python -m segadapt.bench {kernels,loader,infer,train} [...]` runs a benchmark; `python -m segadapt.bench report` renders results.
 
 `report` reads every JSON in bench/results/ and writes one markdown page, bench/results/REPORT.md (a section per
 result file: device, versions, window and its table), plus bench/results/train_speedup.png, a bar chart of each
@@ -12,18 +12,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.common import RESULTS_DIR
-from bench.common import markdown_table
+from segadapt.bench.common import RESULTS_DIR
+from segadapt.bench.common import markdown_table
 
 BENCHES = ("kernels", "loader", "infer", "train")
-USAGE = "usage: python -m bench {kernels,loader,infer,train,report} [options]  (python -m bench train --help)"
+USAGE = "usage: python -m segadapt.bench {kernels,loader,infer,train,report} [options]  (python -m segadapt.bench train --help)"
 ENV_KEYS = ("device_name", "torch", "triton", "dali", "cuda", "git_sha", "timestamp")
 
 
 def _columns(payload: dict[str, Any]) -> list[str]:
     """The train bench's own column order; otherwise every scalar key of the rows, in first-seen order."""
     if payload.get("bench") == "train":
-        from bench.train import COLUMNS
+        from segadapt.bench.train import COLUMNS
 
         return COLUMNS
     columns: list[str] = []
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] in BENCHES:
         import importlib
 
-        importlib.import_module(f"bench.{argv[0]}").main(argv[1:])
+        importlib.import_module(f"segadapt.bench.{argv[0]}").main(argv[1:])
     else:
         report(Path(argv[1]) if len(argv) > 1 else RESULTS_DIR)
     return 0

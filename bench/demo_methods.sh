@@ -12,7 +12,7 @@ lane="${1:?usage: bench/demo_methods.sh semi|lsd|mm SEED...}"; shift
 source "$(dirname "$0")/../recipes/_venv.sh" ""
 cd "$SEGADAPT_ROOT"
 export OMP_NUM_THREADS=1
-train() { python -m engine train "$@" --set train.progress=false --set train.tensorboard=false; }
+train() { python -m segadapt train "$@" --set train.progress=false --set train.tensorboard=false; }
 for seed in "$@"; do
   out="runs/measure/s$seed"
   common=(--set "train.seed=$seed")

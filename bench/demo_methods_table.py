@@ -12,7 +12,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from engine.checkpoint import atomic_write_text
+from segadapt.checkpoint import atomic_write_text
 
 # (table, row label, path of results.json under runs/measure/s<SEED>/)
 ROWS = [

@@ -11,8 +11,8 @@ Window: `--warmup` untimed calls, then `--rep` timed calls (CPU) or a `--rep`x w
 (CUDA). Prints a markdown table and writes JSON to `bench/results/infer-mixed-<layout>-pt<ver>-cu<ver>-<device>.json`.
 A benchmark never asserts a time.
 
-    python -m bench.infer --device cuda
-    python -m bench.infer --device cpu --recipe demo --size 256x128 --providers eager-fp32,onnxruntime
+    python -m segadapt.bench.infer --device cuda
+    python -m segadapt.bench.infer --device cpu --recipe demo --size 256x128 --providers eager-fp32,onnxruntime
 """
 
 from __future__ import annotations
@@ -25,17 +25,17 @@ from pathlib import Path
 
 import torch
 
-from bench.common import RESULTS_DIR
-from bench.common import Case
-from bench.common import Result
-from bench.common import env_stamp
-from bench.common import markdown_table
-from bench.common import peak_memory
-from bench.common import result_path
-from bench.common import time_fn
-from bench.common import write_json
-from engine import config as config_module
-from engine import export
+from segadapt.bench.common import RESULTS_DIR
+from segadapt.bench.common import Case
+from segadapt.bench.common import Result
+from segadapt.bench.common import env_stamp
+from segadapt.bench.common import markdown_table
+from segadapt.bench.common import peak_memory
+from segadapt.bench.common import result_path
+from segadapt.bench.common import time_fn
+from segadapt.bench.common import write_json
+from segadapt import config as config_module
+from segadapt import export
 
 PROVIDERS = ("eager-fp32", "compiled-amp-cl", "onnxruntime", "tensorrt-fp16", "tensorrt-int8")
 COLUMNS = ("case", "provider", "median_ms", "p20_ms", "p80_ms", "images_per_s", "peak_memory_mib", "note")
@@ -46,7 +46,7 @@ def build_wrapper(recipe: str, overrides: list[str], checkpoint: str | None):
     if checkpoint:
         model, cfg = export.load_segmenter(checkpoint, None if recipe == "auto" else recipe, overrides)
     else:
-        from engine.models import build_segmenter
+        from segadapt.models import build_segmenter
 
         cfg = config_module.load(export.DEFAULT_RECIPE if recipe == "auto" else recipe, overrides)
         model_cfg = config_module.replace(cfg.model, pretrained="", channels_last=False, compile="off")
@@ -134,7 +134,7 @@ def measure(provider: str, wrapper, cfg, case: Case, args, workdir: Path) -> Res
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m bench.infer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m segadapt.bench.infer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     parser.add_argument("--recipe", default="auto", help=f"architecture (default {export.DEFAULT_RECIPE})")

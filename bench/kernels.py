@@ -1,6 +1,6 @@
 """Kernel benchmark: every op of kernels/ against its PyTorch reference, eager and compiled.
 
-    python -m bench kernels --device cuda --cases real --modes fwd,full --providers ref,ref_compiled,triton
+    python -m segadapt.bench kernels --device cuda --cases real --modes fwd,full --providers ref,ref_compiled,triton
 
 Each op has one `setup(case, provider, mode) -> fn` and one `bytes_moved(case, mode)`. GB/s is the op's
 compulsory traffic over the median time, the same byte count for every provider (the Triton softmax tutorial's
@@ -22,15 +22,15 @@ from typing import Any
 
 import torch
 
-from bench.common import Case
-from bench.common import Result
-from bench.common import device_peak_bandwidth
-from bench.common import env_stamp
-from bench.common import markdown_table
-from bench.common import peak_memory
-from bench.common import result_path
-from bench.common import time_fn
-from bench.common import write_json
+from segadapt.bench.common import Case
+from segadapt.bench.common import Result
+from segadapt.bench.common import device_peak_bandwidth
+from segadapt.bench.common import env_stamp
+from segadapt.bench.common import markdown_table
+from segadapt.bench.common import peak_memory
+from segadapt.bench.common import result_path
+from segadapt.bench.common import time_fn
+from segadapt.bench.common import write_json
 
 PROVIDERS = ("ref", "ref_compiled", "triton")
 MODES = ("fwd", "full")
@@ -103,7 +103,7 @@ def _pick(reference: Callable, public: Callable, provider: str, probe: torch.Ten
         return reference
     if provider == "ref_compiled":
         return torch.compile(reference)
-    from kernels._dispatch import use_triton
+    from segadapt.kernels._dispatch import use_triton
 
     if not use_triton(probe):
         raise ValueError(
@@ -125,8 +125,8 @@ def _timed(fn: Callable[[], torch.Tensor], leaf: torch.Tensor, mode: str) -> Cal
 
 # ------------------------------------------------------------------------------------------------- my ops
 def _setup_upsample_cross_entropy(case: Case, provider: str, mode: str) -> Callable[[], Any]:
-    from kernels.upsample_cross_entropy import upsample_cross_entropy
-    from kernels.upsample_cross_entropy import upsample_cross_entropy_ref
+    from segadapt.kernels.upsample_cross_entropy import upsample_cross_entropy
+    from segadapt.kernels.upsample_cross_entropy import upsample_cross_entropy_ref
 
     logits = _float_map(case, case["classes"], _low_res(case, case["stride"]), requires_grad=True)
     labels = _label_map(case, case["classes"])
@@ -142,8 +142,8 @@ def _bytes_upsample_cross_entropy(case: Case, mode: str) -> int:
 
 
 def _setup_upsample_bce(case: Case, provider: str, mode: str) -> Callable[[], Any]:
-    from kernels.upsample_bce import upsample_bce
-    from kernels.upsample_bce import upsample_bce_ref
+    from segadapt.kernels.upsample_bce import upsample_bce
+    from segadapt.kernels.upsample_bce import upsample_bce_ref
 
     d_logits = _float_map(case, 1, _low_res(case, case["disc_stride"]), requires_grad=True)
     target = _label_map(case, 2, torch.uint8)  # AdvSemiSeg: per-pixel 0/1 with 255 = ignore
@@ -161,8 +161,8 @@ def _bytes_upsample_bce(case: Case, mode: str) -> int:
 
 # ------------------------------------------------------------------------- the other engineer's ops (U2PL, AdvSemiSeg)
 def _setup_entropy_percentile(case: Case, provider: str, mode: str) -> Callable[[], Any]:
-    from kernels.entropy_percentile import entropy_percentile
-    from kernels.entropy_percentile import entropy_percentile_ref
+    from segadapt.kernels.entropy_percentile import entropy_percentile
+    from segadapt.kernels.entropy_percentile import entropy_percentile_ref
 
     logits = _float_map(case, case["classes"], (case["height"], case["width"]), requires_grad=False)
     ignore = _label_map(case, 2) == 255
@@ -176,8 +176,8 @@ def _bytes_entropy_percentile(case: Case, mode: str) -> int:
 
 
 def _setup_pseudo_label(case: Case, provider: str, mode: str) -> Callable[[], Any]:
-    from kernels.pseudo_label import pseudo_label
-    from kernels.pseudo_label import pseudo_label_ref
+    from segadapt.kernels.pseudo_label import pseudo_label
+    from segadapt.kernels.pseudo_label import pseudo_label_ref
 
     logits = _float_map(case, case["classes"], (case["height"], case["width"]), requires_grad=False)
     confidence = torch.rand(logits.shape[0], *logits.shape[2:], device=case["device"])
@@ -191,8 +191,8 @@ def _bytes_pseudo_label(case: Case, mode: str) -> int:
 
 
 def _queue(case: Case):
-    from kernels.memory_queue import MemoryQueue
-    from kernels.memory_queue import u2pl_lengths
+    from segadapt.kernels.memory_queue import MemoryQueue
+    from segadapt.kernels.memory_queue import u2pl_lengths
 
     lengths = case["queue_length"] or u2pl_lengths(case["classes"])
     queue = MemoryQueue(case["classes"], case["feature_dim"], lengths, device=case["device"])
@@ -204,8 +204,8 @@ def _enqueue_rows(case: Case) -> int:
 
 
 def _setup_memory_queue_enqueue(case: Case, provider: str, mode: str) -> Callable[[], Any]:
-    from kernels.memory_queue import memory_queue_enqueue
-    from kernels.memory_queue import memory_queue_enqueue_ref
+    from segadapt.kernels.memory_queue import memory_queue_enqueue
+    from segadapt.kernels.memory_queue import memory_queue_enqueue_ref
 
     queue = _queue(case)
     features = torch.randn(_enqueue_rows(case), case["feature_dim"], device=case["device"])
@@ -264,7 +264,7 @@ def _available(names: list[str]) -> list[str]:
     modules = {"memory_queue_enqueue": "memory_queue", "memory_queue_sample": "memory_queue"}
     present = []
     for name in names:
-        if importlib.util.find_spec(f"kernels.{modules.get(name, name)}") is None:
+        if importlib.util.find_spec(f"segadapt.kernels.{modules.get(name, name)}") is None:
             print(f"skipping {name}: kernels/{modules.get(name, name)}.py not found")
         else:
             present.append(name)
@@ -314,7 +314,7 @@ def _csv(choices: tuple[str, ...] | list[str], flag: str) -> Callable[[str], lis
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench kernels", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m segadapt.bench kernels", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
     parser.add_argument("--cases", default="real", choices=["real", "tiny"], help="named case set")
     parser.add_argument("--modes", type=_csv(MODES, "--modes"), default=list(MODES), help="fwd,full")

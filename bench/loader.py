@@ -1,6 +1,6 @@
 """Input-pipeline benchmark: images/s and batch latency of the torch loader, DALI on the CPU and DALI on the GPU.
 
-    python -m bench.loader --cases real --backends torch,dali_cpu,dali_gpu --workers 2,4,8
+    python -m segadapt.bench.loader --cases real --backends torch,dali_cpu,dali_gpu --workers 2,4,8
 
 Cases mirror AdaptSegNet's resize-only pipelines at the datasets' native resolutions: GTA5 (1914x1052 PNG resized to
 1280x720) and Cityscapes (2048x1024 resized to 1024x512), on synthshift images generated at those sizes into a
@@ -21,13 +21,13 @@ from typing import Any
 
 import torch
 
-from bench.common import Case
-from bench.common import check_counts
-from bench.common import env_stamp
-from bench.common import markdown_table
-from bench.common import result_path
-from bench.common import write_json
-from engine.config import Stream
+from segadapt.bench.common import Case
+from segadapt.bench.common import check_counts
+from segadapt.bench.common import env_stamp
+from segadapt.bench.common import markdown_table
+from segadapt.bench.common import result_path
+from segadapt.bench.common import write_json
+from segadapt.config import Stream
 
 BACKENDS = ("torch", "dali_cpu", "dali_gpu")
 CACHE = Path(__file__).resolve().parent.parent / "runs" / "bench-data"
@@ -58,7 +58,7 @@ def make_cases(name: str, batch_size: int, count: int) -> list[Case]:
 
 def ensure_data(case: Case, cache: Path) -> Path:
     """Generate synthshift at the case's native size into `cache` (once) and return the dataset root."""
-    from engine.data import synthshift
+    from segadapt.data import synthshift
 
     width, height = case["native"]
     folder = cache / f"synthshift-{width}x{height}-{case['count']}"
@@ -76,7 +76,7 @@ def _stream(case: Case, root: Path) -> Stream:
 
 def skip_reason(backend: str) -> str | None:
     """Why `backend` cannot run on this machine, or None."""
-    from engine.data import dali
+    from segadapt.data import dali
 
     if backend.startswith("dali") and not dali.dali_available():
         return "nvidia.dali does not import"
@@ -88,10 +88,10 @@ def skip_reason(backend: str) -> str | None:
 def make_loader(backend: str, stream: Stream, workers: int, prefetch: int) -> Any:
     """A StreamLoader of `backend` over `stream` (seed 0, rank 0 of 1)."""
     if backend == "torch":
-        from engine.data.torch_loader import StreamLoader
+        from segadapt.data.torch_loader import StreamLoader
 
         return StreamLoader(stream, "source", 0, num_workers=workers, prefetch=prefetch)
-    from engine.data.dali import StreamLoader as DaliStreamLoader
+    from segadapt.data.dali import StreamLoader as DaliStreamLoader
 
     device = "cuda" if backend == "dali_gpu" else "cpu"
     return DaliStreamLoader(stream, "source", 0, num_workers=workers, prefetch=prefetch, device=device)
@@ -191,7 +191,7 @@ def _csv_workers(text: str) -> list[int]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.loader", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m segadapt.bench.loader", description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", default="real", choices=["real", "tiny"], help="named case set")
     parser.add_argument("--backends", type=_csv_backends, default=list(BACKENDS), help="torch,dali_cpu,dali_gpu")
     parser.add_argument("--workers", type=_csv_workers, default=[2, 4, 8], help="worker processes / DALI threads")

@@ -1,6 +1,6 @@
 """Training-throughput benchmark: the ablation ladder from the official-style loop to segadapt's fast path.
 
-    python -m bench train RECIPE --warmup 3 --steps 10 --rows a,b,c,d,e,f [--set key=value ...] [--out DIR]
+    python -m segadapt.bench train RECIPE --warmup 3 --steps 10 --rows a,b,c,d,e,f [--set key=value ...] [--out DIR]
 
 Each row builds the recipe's real training step (`engine.train.build_everything` + `train_step`) with one more
 switch turned on than the row before, all in the same process:
@@ -41,13 +41,13 @@ from typing import Any
 
 import torch
 
-from bench.common import RESULTS_DIR
-from bench.common import check_counts
-from bench.common import env_stamp
-from bench.common import markdown_table
-from bench.common import write_json
-from engine import config as config_module
-from engine.config import Config
+from segadapt.bench.common import RESULTS_DIR
+from segadapt.bench.common import check_counts
+from segadapt.bench.common import env_stamp
+from segadapt.bench.common import markdown_table
+from segadapt.bench.common import write_json
+from segadapt import config as config_module
+from segadapt.config import Config
 
 CACHE = Path(__file__).resolve().parent.parent / "runs" / "bench-data"
 ROWS = ("a", "b", "c", "d", "e", "f")
@@ -85,7 +85,7 @@ def bench_config(recipe: str, overrides: list[str], count: int = 16, cache: Path
     Raises:
         ValueError: a stream reads a dataset synthshift cannot stand in for (only gta5 and cityscapes layouts).
     """
-    from engine.data import SYNTHSHIFT_FORMATS
+    from segadapt.data import SYNTHSHIFT_FORMATS
 
     cfg = config_module.load(recipe, overrides)
     cfg = config_module.replace(cfg, **{"train.progress": False, "train.tensorboard": False})
@@ -127,7 +127,7 @@ def skip_reason(row: str, device: torch.device) -> str | None:
     if row == "e" and device.type != "cuda":
         return "no CUDA: Triton runs on CPU only under TRITON_INTERPRET=1, far too slow to benchmark"
     if row == "f":
-        from engine.data import dali
+        from segadapt.data import dali
 
         if not dali.dali_available():
             return "nvidia.dali does not import"
@@ -183,8 +183,8 @@ def kernel_mode(mode: str) -> Iterator[None]:
 
 
 def build_row(cfg: Config):
-    """engine.train's Run for a row config (NCHW rows get NCHW images from Streams, as the official loader gives)."""
-    from engine.train import build_everything
+    """segadapt.train's Run for a row config (NCHW rows get NCHW images from Streams, as the official loader gives)."""
+    from segadapt.train import build_everything
 
     return build_everything(cfg)
 
@@ -311,7 +311,7 @@ _MISSING = object()
 
 def profile_steps(run, first_step: int, steps: int, sync: Callable[[], None]) -> dict[str, float]:
     """Milliseconds per step of each phase over `steps` instrumented steps; "other" is what no phase claimed."""
-    from engine.train import train_step
+    from segadapt.train import train_step
 
     timer = PhaseTimer(sync)
     total = 0.0
@@ -330,8 +330,8 @@ def profile_steps(run, first_step: int, steps: int, sync: Callable[[], None]) ->
 # ------------------------------------------------------------------------------------------------------ rows
 def measure_row(cfg: Config, plan: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """One ladder row: build, W warm-up steps, T timed steps, then the profiling pass; numbers or the skip reason."""
-    from engine.train import check_finite
-    from engine.train import train_step
+    from segadapt.train import check_finite
+    from segadapt.train import train_step
 
     row = {key: plan[key] for key in ("row", "description", "skipped")} | {"settings": plan["settings"]}
     row.update(dict.fromkeys(COLUMNS[2:-1]))
@@ -378,7 +378,7 @@ def _release_memory() -> None:
 def run_ladder(args: argparse.Namespace) -> dict[str, Any]:
     """Measure the requested rows, print the table, write JSON and markdown; returns the payload."""
     cfg = bench_config(args.recipe, args.set, args.count, args.cache)
-    from engine.train import resolve_device
+    from segadapt.train import resolve_device
 
     device = resolve_device(cfg.train.device)
     rows = [measure_row(cfg, plan, args) for plan in ladder(args.rows, device, args.skip)]
@@ -435,7 +435,7 @@ def _skip(text: str) -> tuple[str, str]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench train", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m segadapt.bench train", description=__doc__.split("\n\n")[0])
     parser.add_argument("recipe", help="recipe name (recipes/NAME.toml) or path")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (W)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (T)")

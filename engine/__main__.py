@@ -1,7 +1,7 @@
-"""`python -m engine ...` is the `segadapt` command (torchrun uses this form)."""
+"""`python -m segadapt ...` is the `segadapt` command (torchrun uses this form)."""
 
 import sys
 
-from engine.cli import main
+from segadapt.cli import main
 
 sys.exit(main())

@@ -1,4 +1,4 @@
-"""`segadapt` command line: train, evaluate, report, data synthshift|check, export, predict.
+"""`segadapt` command line: train, evaluate, recipes, report, data synthshift|check, export, predict.
 
 The recipe is the configuration; the only way to change it from the command line is `--set dotted.key=value`
 (torchtitan's rule). `segadapt train --help` prints every config field with its documentation.
@@ -7,11 +7,12 @@ The recipe is the configuration; the only way to change it from the command line
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from engine import config as config_module
-from engine.config import ConfigError
+from segadapt import config as config_module
+from segadapt.config import ConfigError
 
 
 def add_set_argument(parser: argparse.ArgumentParser, example: str = "train.seed=3") -> None:
@@ -32,8 +33,15 @@ def _add_recipe_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="segadapt", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="segadapt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=version_text(), help="segadapt and library versions")
     sub = parser.add_subparsers(dest="command", required=True)
+    recipes = sub.add_parser("recipes", help="list the recipes with their descriptions, or print one to copy and edit")
+    recipes_sub = recipes.add_subparsers(dest="recipes_command")
+    show = recipes_sub.add_parser("show", help="print a recipe's TOML (segadapt recipes show demo > my.toml)")
+    show.add_argument("name", help="recipe name")
     fields = "config fields (set with --set KEY=VALUE):\n\n" + config_module.describe_fields()
     train = sub.add_parser(
         "train", help="train a recipe", epilog=fields, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -68,9 +76,54 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def version_text() -> str:
+    """`segadapt --version`: segadapt's version and what it found of torch, CUDA, triton and DALI."""
+    from importlib import metadata
+
+    from segadapt import __version__
+
+    def dist_version(*names: str) -> str:
+        for name in names:
+            try:
+                return metadata.version(name)
+            except metadata.PackageNotFoundError:
+                continue
+        return "not installed"
+
+    try:
+        import torch
+
+        torch_text = torch.__version__
+        cuda_text = torch.version.cuda or "none (CPU build)"
+        if torch.version.cuda and torch.cuda.is_available():
+            cuda_text += f", {torch.cuda.get_device_name(0)}"
+        elif torch.version.cuda:
+            cuda_text += ", no device visible"
+    except ImportError:
+        torch_text, cuda_text = "not installed", "unknown"
+    dali = dist_version("nvidia-dali-cuda120", "nvidia-dali-cuda110", "nvidia-dali-cuda130")
+    return (
+        f"segadapt {__version__} (torch {torch_text}, CUDA {cuda_text}, triton {dist_version('triton')}, "
+        f"DALI {dali})"
+    )
+
+
+def cmd_recipes(args) -> int:
+    directory = config_module.recipes_dir()
+    if args.recipes_command == "show":
+        sys.stdout.write(config_module.resolve_recipe(args.name).read_text())
+        return 0
+    names = config_module.recipe_names()
+    width = max(len(name) for name in names)
+    print(f"recipes in {directory} (segadapt train NAME; segadapt recipes show NAME > my.toml to copy one):")
+    for name in names:
+        print(f"  {name:<{width}}  {config_module.recipe_description(directory / f'{name}.toml')}")
+    return 0
+
+
 def _add_optional_parsers(sub) -> None:
-    from engine import export
-    from engine import predict
+    from segadapt import export
+    from segadapt import predict
 
     export.add_export_parser(sub)
     predict.add_predict_parser(sub)
@@ -85,9 +138,9 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 
 def cmd_train(args) -> int:
-    from engine import distributed
-    from engine.evaluate import format_table
-    from engine.train import train
+    from segadapt import distributed
+    from segadapt.evaluate import format_table
+    from segadapt.train import train
 
     cfg = config_module.load(args.recipe, args.overrides)
     check_datasets(cfg)
@@ -116,8 +169,8 @@ def baseline_section(cfg, name: str):
         raise ConfigError(f"train.compare_methods names {name!r}; known methods: {known}")
     section = config_module.METHOD_SECTIONS[name]()
     if name == "supervised":
-        from engine.methods import build_method  # noqa: F401 - the registry, for the main method's streams
-        from engine.models import build_segmenter
+        from segadapt.methods import build_method  # noqa: F401 - the registry, for the main method's streams
+        from segadapt.models import build_segmenter
 
         streams = build_method(build_segmenter(config_module.replace(cfg.model, pretrained="")), cfg).streams
         stream = next((s for s in ("labeled", "source", "target") if s in streams), "target")
@@ -127,8 +180,8 @@ def baseline_section(cfg, name: str):
 
 def check_datasets(cfg) -> None:
     """Stop before building anything when a stream's dataset root is missing, showing the layout expected."""
-    from engine.data.datasets import layout_help
-    from engine.methods import METHODS  # noqa: F401 - validates method names early via config
+    from segadapt.data.datasets import layout_help
+    from segadapt.methods import METHODS  # noqa: F401 - validates method names early via config
 
     if cfg.data.synthshift.generate:
         return
@@ -145,13 +198,13 @@ def check_datasets(cfg) -> None:
 def cmd_evaluate(args) -> int:
     import torch
 
-    from engine.data.torch_loader import eval_samples
-    from engine.evaluate import evaluate
-    from engine.evaluate import format_table
-    from engine.models import build_segmenter
-    from engine.models.weights import load_pretrained
-    from engine.train import resolve_device
-    from engine.train import resolve_precision
+    from segadapt.data.torch_loader import eval_samples
+    from segadapt.evaluate import evaluate
+    from segadapt.evaluate import format_table
+    from segadapt.models import build_segmenter
+    from segadapt.models.weights import load_pretrained
+    from segadapt.train import resolve_device
+    from segadapt.train import resolve_precision
 
     cfg = config_module.load(args.recipe, args.overrides)
     device = resolve_device(cfg.train.device)
@@ -176,7 +229,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_data(args) -> int:
     if args.data_command == "synthshift":
-        from engine.data.synthshift import generate
+        from segadapt.data.synthshift import generate
 
         info = generate(
             args.out,
@@ -187,8 +240,8 @@ def cmd_data(args) -> int:
         )
         print(f"synthshift written to {args.out}: {info}")
         return 0
-    from engine.data.datasets import check_tree
-    from engine.data.datasets import format_report
+    from segadapt.data.datasets import check_tree
+    from segadapt.data.datasets import format_report
 
     report = check_tree(args.root, args.dataset, args.split)
     print(format_report(report))
@@ -196,7 +249,7 @@ def cmd_data(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engine.train import NonFiniteLoss
+    from segadapt.train import NonFiniteLoss
 
     args = _parser().parse_args(argv)
     try:
@@ -204,8 +257,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(args)
         if args.command == "evaluate":
             return cmd_evaluate(args)
+        if args.command == "recipes":
+            return cmd_recipes(args)
         if args.command == "report":
-            from engine.report import write_report
+            from segadapt.report import write_report
 
             print(f"report written to {write_report(args.run_dir)}")
             return 0
@@ -218,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLoss as error:
         print(f"segadapt: stopped: {error}", file=sys.stderr)
         return 3
+    except BrokenPipeError:  # `segadapt recipes | head`: the reader left; not an error of ours
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - replaces the closed stream for the interpreter's flush
+        return 0
 
 
 if __name__ == "__main__":

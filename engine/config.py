@@ -631,7 +631,23 @@ def _deep_copy(tree: Any) -> Any:
     return tree
 
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+_PACKAGE_DIR = Path(__file__).resolve().parent
+CHECKOUT_RECIPES_DIR = _PACKAGE_DIR.parent / "recipes"
+"""recipes/ of a source checkout (engine/ is the package root there); it wins, so a recipe edited in place is used."""
+INSTALLED_RECIPES_DIR = _PACKAGE_DIR / "recipes"
+"""The recipes shipped in the wheel as package data (`segadapt.recipes`)."""
+
+
+def recipes_dir() -> Path:
+    """Where `segadapt train NAME` looks for NAME.toml: a checkout's recipes/ first, else the installed copies."""
+    in_checkout = _PACKAGE_DIR.name == "engine"  # installed, the package directory is named segadapt
+    for candidate in (CHECKOUT_RECIPES_DIR, INSTALLED_RECIPES_DIR)[0 if in_checkout else 1 :]:
+        if candidate.is_dir() and any(candidate.glob("*.toml")):
+            return candidate
+    raise ConfigError(
+        f"no recipes found: neither {CHECKOUT_RECIPES_DIR} (a source checkout) nor {INSTALLED_RECIPES_DIR} "
+        "(an installed wheel) holds *.toml files; reinstall segadapt or pass a recipe file path"
+    )
 
 
 def resolve_recipe(name_or_path: str) -> Path:
@@ -641,16 +657,32 @@ def resolve_recipe(name_or_path: str) -> Path:
         if not path.is_file():
             raise ConfigError(f"recipe file {path} does not exist")
         return path
-    candidate = RECIPES_DIR / f"{name_or_path}.toml"
+    directory = recipes_dir()
+    candidate = directory / f"{name_or_path}.toml"
     if not candidate.is_file():
         names = recipe_names()
-        near = _nearest(name_or_path, names)
-        raise ConfigError(f"unknown recipe {name_or_path!r} (did you mean {near!r}?); recipes: {', '.join(names)}")
+        near = difflib.get_close_matches(name_or_path, names, n=1, cutoff=0.6)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ConfigError(
+            f"unknown recipe {name_or_path!r}{hint}; recipes in {directory}: {', '.join(names)} "
+            "(`segadapt recipes` lists them with their descriptions)"
+        )
     return candidate
 
 
 def recipe_names() -> list[str]:
-    return sorted(p.stem for p in RECIPES_DIR.glob("*.toml"))
+    return sorted(p.stem for p in recipes_dir().glob("*.toml"))
+
+
+def recipe_description(path: Path) -> str:
+    """A recipe's first line, without its comment mark: what `segadapt recipes` prints beside the name."""
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line.startswith("#"):
+            return line.lstrip("#").strip()
+        if line:
+            break
+    return ""
 
 
 def load(name_or_path: str, overrides: list[str] = ()) -> Config:

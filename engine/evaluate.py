@@ -37,16 +37,16 @@ from PIL import Image
 from torch import Tensor
 from torch import nn
 
-from engine.checkpoint import atomic_write_bytes
-from engine.checkpoint import atomic_write_json
-from engine.config import Data
-from engine.config import Eval
-from engine.data.batch import normalize
-from engine.data.labels import IGNORE
-from engine.data.labels import SYNTHIA13
-from engine.data.labels import SYNTHIA16
-from engine.data.labels import class_names
-from engine.data.labels import colorize
+from segadapt.checkpoint import atomic_write_bytes
+from segadapt.checkpoint import atomic_write_json
+from segadapt.config import Data
+from segadapt.config import Eval
+from segadapt.data.batch import normalize
+from segadapt.data.labels import IGNORE
+from segadapt.data.labels import SYNTHIA13
+from segadapt.data.labels import SYNTHIA16
+from segadapt.data.labels import class_names
+from segadapt.data.labels import colorize
 
 SUBSETS: dict[str, tuple[str, ...]] = {"all": (), "synthia16": ("miou16",), "synthia13": ("miou16", "miou13")}
 """`eval.class_subset` -> the extra subset means it adds to the results."""

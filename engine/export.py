@@ -33,9 +33,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch import nn
 
-from engine import checkpoint
-from engine import config as config_module
-from engine.config import Config
+from segadapt import checkpoint
+from segadapt import config as config_module
+from segadapt.config import Config
 
 OUTPUT_KINDS = ("label", "upsampled", "logits")
 DEFAULT_RECIPE = "adaptseg_gta2cs"
@@ -127,8 +127,8 @@ def load_config_and_weights(path: str | os.PathLike, recipe: str | None = None, 
 
 def load_segmenter(path: str | os.PathLike, recipe: str | None = None, overrides=()) -> tuple[nn.Module, Config]:
     """Build the segmenter a model file describes, load its weights, and put it in eval mode on the CPU."""
-    from engine.models import build_segmenter
-    from engine.models.weights import load_pretrained
+    from segadapt.models import build_segmenter
+    from segadapt.models.weights import load_pretrained
 
     cfg, _ = load_config_and_weights(path, recipe, overrides)
     model_cfg = config_module.replace(cfg.model, pretrained="", channels_last=False, compile="off")
@@ -244,7 +244,7 @@ def parity_images(cfg: Config, size: tuple[int, int], count: int, images_dir: st
     Returns:
         (count, 3, H, W) float32, normalised per `cfg.data`, resized to `size` = (W, H).
     """
-    from engine.data.synthshift import generate
+    from segadapt.data.synthshift import generate
 
     if images_dir:
         files = image_files([images_dir])[:count]
@@ -284,8 +284,8 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _prepare_files(files: list[Path], cfg: Config, size: tuple[int, int]) -> Tensor:
-    from engine.data.batch import normalize
-    from engine.data.datasets import read_image
+    from segadapt.data.batch import normalize
+    from segadapt.data.datasets import read_image
 
     images = [resize_image(read_image(path), size) for path in files]
     batch = torch.from_numpy(np.stack(images))
@@ -413,8 +413,8 @@ def val_miou_diff(predict_label, cfg: Config, wrapper: ExportWrapper, size: tupl
         predict_label: callable (1, 3, H, W) normalised image -> (1, H, W) integer labels at input size.
         size: (W, H) the static graph needs, or None to use `eval.input_size`.
     """
-    from engine.data.batch import normalize
-    from engine.data.torch_loader import eval_samples
+    from segadapt.data.batch import normalize
+    from segadapt.data.torch_loader import eval_samples
 
     num_classes = cfg.model.num_classes
     ours = torch.zeros(num_classes, num_classes, dtype=torch.long)
@@ -659,7 +659,7 @@ def add_export_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument(
         "--recipe", default=None, help=f"architecture of an official snapshot (default {DEFAULT_RECIPE})"
     )
-    from engine.cli import add_set_argument
+    from segadapt.cli import add_set_argument
 
     add_set_argument(parser, "export.dynamic=true")
     parser.add_argument(

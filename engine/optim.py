@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from engine.config import Schedule
-from engine.methods.base import OptimizerSpec
+from segadapt.config import Schedule
+from segadapt.methods.base import OptimizerSpec
 
 
 def make_optimizer(spec: OptimizerSpec, device: torch.device, fused: str) -> torch.optim.Optimizer:

@@ -25,9 +25,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from engine import checkpoint
-from engine import export as export_module
-from engine.config import Data
+from segadapt import checkpoint
+from segadapt import export as export_module
+from segadapt.config import Data
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
 ONNX_SUFFIXES = (".onnx",)
@@ -180,7 +180,7 @@ def _tensorrt_backend(path: Path) -> Backend:
 # --------------------------------------------------------------------------------------------------- predicting
 def label_map(backend: Backend, image: np.ndarray) -> np.ndarray:
     """One image (H, W, 3) uint8 RGB -> (H, W) uint8 trainIds at the image's own size."""
-    from engine.data.batch import normalize
+    from segadapt.data.batch import normalize
 
     height, width = image.shape[:2]
     size = backend.info.input_size if all(backend.info.input_size) else (width, height)
@@ -204,7 +204,7 @@ def overlay(image: np.ndarray, label: np.ndarray, alpha: float = 0.5, num_classe
     Returns:
         (H, W, 3) uint8.
     """
-    from engine.data.labels import colorize
+    from segadapt.data.labels import colorize
 
     colour = colorize(label, num_classes).astype(np.float32)
     blend = (1 - alpha) * image.astype(np.float32) + alpha * colour
@@ -224,7 +224,7 @@ def predict_files(
     """Write `<stem>_trainIds.png` and `<stem>_overlay.png` per file into `out_dir`; returns the label PNG paths."""
     from tqdm import tqdm
 
-    from engine.data.datasets import read_image
+    from segadapt.data.datasets import read_image
 
     stems = [path.stem for path in files]
     duplicates = sorted({stem for stem in stems if stems.count(stem) > 1})
@@ -253,7 +253,7 @@ def add_predict_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("images", nargs="+", help="image files and/or directories of images")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--recipe", default=None, help="architecture of an official snapshot (default adaptseg_gta2cs)")
-    from engine.cli import add_set_argument
+    from segadapt.cli import add_set_argument
 
     add_set_argument(parser, "eval.input_size=[1024,512]")
     parser.add_argument("--device", default="auto", help="checkpoint device: auto, cpu or cuda (default auto)")

@@ -30,8 +30,8 @@ import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen befor
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from engine.checkpoint import atomic_write_bytes  # noqa: E402
-from engine.checkpoint import atomic_write_text  # noqa: E402
+from segadapt.checkpoint import atomic_write_bytes  # noqa: E402
+from segadapt.checkpoint import atomic_write_text  # noqa: E402
 
 MAX_SAMPLES = 4
 _NOT_LOSSES = {"kind", "step", "lr", "elapsed_s", "images_per_step"}

@@ -17,21 +17,21 @@ from pathlib import Path
 
 import torch
 
-from engine import checkpoint
-from engine import distributed
-from engine.config import Config
-from engine.config import replace
-from engine.config import to_dict
-from engine.data import Streams
-from engine.data import ensure_synthshift
-from engine.methods import Method
-from engine.methods import StepContext
-from engine.methods import build_method
-from engine.methods.base import OptimizerSpec
-from engine.models import build_segmenter
-from engine.optim import lr_factor
-from engine.optim import make_optimizer
-from engine.optim import set_lr
+from segadapt import checkpoint
+from segadapt import distributed
+from segadapt.config import Config
+from segadapt.config import replace
+from segadapt.config import to_dict
+from segadapt.data import Streams
+from segadapt.data import ensure_synthshift
+from segadapt.methods import Method
+from segadapt.methods import StepContext
+from segadapt.methods import build_method
+from segadapt.methods.base import OptimizerSpec
+from segadapt.models import build_segmenter
+from segadapt.optim import lr_factor
+from segadapt.optim import make_optimizer
+from segadapt.optim import set_lr
 
 
 class NonFiniteLoss(RuntimeError):
@@ -221,7 +221,7 @@ def describe_world(run: Run) -> str:
 def write_splits(run: Run) -> None:
     """Record the image ids of every partial stream (fraction / count / complement) in run_dir/splits/NAME.txt,
     so a random split (AdvSemiSeg's train_id.pkl) can be reused as a list_file."""
-    from engine.data.datasets import list_samples
+    from segadapt.data.datasets import list_samples
 
     for name in run.method.streams:
         stream = getattr(run.cfg.data, name)
@@ -262,8 +262,8 @@ def maybe_evaluate(run: Run, logger, log) -> dict:
     cfg = run.cfg
     if not cfg.data.val.dataset:
         return {}
-    from engine.data.torch_loader import eval_samples
-    from engine.evaluate import evaluate
+    from segadapt.data.torch_loader import eval_samples
+    from segadapt.evaluate import evaluate
 
     out_dir = run.run_dir / "eval" / f"step_{run.step:07d}" if run.world.is_main else None
     samples = eval_samples(cfg.data.val, cfg.eval.input_size, run.world.rank, run.world.world_size)

@@ -4,21 +4,21 @@
 `use_triton` at call time (SEGADAPT_KERNELS=torch|triton forces a path).
 """
 
-from kernels._dispatch import use_triton
-from kernels.entropy_percentile import entropy_percentile
-from kernels.entropy_percentile import entropy_percentile_ref
-from kernels.memory_queue import MemoryQueue
-from kernels.memory_queue import memory_queue_enqueue
-from kernels.memory_queue import memory_queue_enqueue_ref
-from kernels.memory_queue import u2pl_lengths
-from kernels.pseudo_label import one_hot_labels
-from kernels.pseudo_label import one_hot_labels_ref
-from kernels.pseudo_label import pseudo_label
-from kernels.pseudo_label import pseudo_label_ref
-from kernels.upsample_bce import upsample_bce
-from kernels.upsample_bce import upsample_bce_ref
-from kernels.upsample_cross_entropy import upsample_cross_entropy
-from kernels.upsample_cross_entropy import upsample_cross_entropy_ref
+from segadapt.kernels._dispatch import use_triton
+from segadapt.kernels.entropy_percentile import entropy_percentile
+from segadapt.kernels.entropy_percentile import entropy_percentile_ref
+from segadapt.kernels.memory_queue import MemoryQueue
+from segadapt.kernels.memory_queue import memory_queue_enqueue
+from segadapt.kernels.memory_queue import memory_queue_enqueue_ref
+from segadapt.kernels.memory_queue import u2pl_lengths
+from segadapt.kernels.pseudo_label import one_hot_labels
+from segadapt.kernels.pseudo_label import one_hot_labels_ref
+from segadapt.kernels.pseudo_label import pseudo_label
+from segadapt.kernels.pseudo_label import pseudo_label_ref
+from segadapt.kernels.upsample_bce import upsample_bce
+from segadapt.kernels.upsample_bce import upsample_bce_ref
+from segadapt.kernels.upsample_cross_entropy import upsample_cross_entropy
+from segadapt.kernels.upsample_cross_entropy import upsample_cross_entropy_ref
 
 OPS: dict[str, tuple] = {
     "entropy_percentile": (entropy_percentile_ref, entropy_percentile),

@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels._dispatch import use_triton
+from segadapt.kernels._dispatch import use_triton
 
 __all__ = ["entropy_percentile", "entropy_percentile_ref"]
 

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels._dispatch import use_triton
+from segadapt.kernels._dispatch import use_triton
 
 __all__ = ["MemoryQueue", "memory_queue_enqueue", "memory_queue_enqueue_ref", "u2pl_lengths"]
 

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels._dispatch import use_triton
+from segadapt.kernels._dispatch import use_triton
 
 __all__ = ["one_hot_labels", "one_hot_labels_ref", "pseudo_label", "pseudo_label_ref"]
 

@@ -27,11 +27,11 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels._dispatch import use_triton
-from kernels.upsample_cross_entropy import _bilinear_source_index
-from kernels.upsample_cross_entropy import autotune_enabled
-from kernels.upsample_cross_entropy import bilinear_scale
-from kernels.upsample_cross_entropy import pixel_stride
+from segadapt.kernels._dispatch import use_triton
+from segadapt.kernels.upsample_cross_entropy import _bilinear_source_index
+from segadapt.kernels.upsample_cross_entropy import autotune_enabled
+from segadapt.kernels.upsample_cross_entropy import bilinear_scale
+from segadapt.kernels.upsample_cross_entropy import pixel_stride
 
 _LOSSES = ("bce", "mse")
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -437,7 +437,7 @@ def upsample_bce(
 
 
 def main() -> None:
-    """Tiny CPU demo: `TRITON_INTERPRET=1 python -m kernels.upsample_bce` (set before triton is imported)."""
+    """Tiny CPU demo: `TRITON_INTERPRET=1 python -m segadapt.kernels.upsample_bce` (set before triton is imported)."""
     torch.manual_seed(0)
     d_logits = torch.randn(2, 1, 5, 9, requires_grad=True)
     target = torch.randint(0, 2, (2, 33, 65), dtype=torch.uint8)

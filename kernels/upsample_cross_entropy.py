@@ -35,8 +35,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from kernels._dispatch import interpreting
-from kernels._dispatch import use_triton
+from segadapt.kernels._dispatch import interpreting
+from segadapt.kernels._dispatch import use_triton
 
 _REDUCTIONS = ("mean", "sum")
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -448,7 +448,7 @@ def upsample_cross_entropy(
 
 
 def main() -> None:
-    """Tiny CPU demo: `TRITON_INTERPRET=1 python -m kernels.upsample_cross_entropy` (the variable must be set
+    """Tiny CPU demo: `TRITON_INTERPRET=1 python -m segadapt.kernels.upsample_cross_entropy` (the variable must be set
     before triton is imported); without it and without a GPU the reference runs on both sides."""
     torch.manual_seed(0)
     logits = torch.randn(2, 19, 5, 9, requires_grad=True)

@@ -22,7 +22,7 @@ done
 source "$(dirname "$0")/_venv.sh" ""
 cd "$SEGADAPT_ROOT"
 if [ -z "$nproc" ]; then
-  exec python -m engine train "${args[@]}"
+  exec python -m segadapt train "${args[@]}"
 fi
 if ! [[ "$nproc" =~ ^[1-9][0-9]*$ ]]; then
   echo "recipes/run.sh: --nproc expects a positive integer, got '$nproc'" >&2
@@ -30,6 +30,6 @@ if ! [[ "$nproc" =~ ^[1-9][0-9]*$ ]]; then
 fi
 # shellcheck disable=SC2086 # the rendezvous flags are meant to split into words
 if [ -n "${SEGADAPT_TORCHRUN_ARGS:-}" ]; then
-  exec python -m torch.distributed.run --nproc-per-node "$nproc" $SEGADAPT_TORCHRUN_ARGS -m engine train "${args[@]}"
+  exec python -m torch.distributed.run --nproc-per-node "$nproc" $SEGADAPT_TORCHRUN_ARGS -m segadapt train "${args[@]}"
 fi
-exec python -m torch.distributed.run --standalone --nproc-per-node "$nproc" -m engine train "${args[@]}"
+exec python -m torch.distributed.run --standalone --nproc-per-node "$nproc" -m segadapt train "${args[@]}"

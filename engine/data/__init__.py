@@ -11,27 +11,27 @@ import os
 import shutil
 from pathlib import Path
 
-from engine.config import Synthshift
-from engine.data.batch import Streams
-from engine.data.batch import normalize
-from engine.data.batch import to_batch
-from engine.data.datasets import Sample
-from engine.data.datasets import check_tree
-from engine.data.datasets import format_report
-from engine.data.datasets import layout_help
-from engine.data.datasets import list_samples
-from engine.data.datasets import read_image
-from engine.data.datasets import read_label
-from engine.data.labels import class_names
-from engine.data.labels import colorize
-from engine.data.labels import label_lut
-from engine.data.labels import palette
-from engine.data.synthshift import MANIFEST
-from engine.data.synthshift import generate
-from engine.data.synthshift import manifest
-from engine.data.torch_loader import StreamLoader
-from engine.data.torch_loader import eval_samples
-from engine.data.torch_loader import transform
+from segadapt.config import Synthshift
+from segadapt.data.batch import Streams
+from segadapt.data.batch import normalize
+from segadapt.data.batch import to_batch
+from segadapt.data.datasets import Sample
+from segadapt.data.datasets import check_tree
+from segadapt.data.datasets import format_report
+from segadapt.data.datasets import layout_help
+from segadapt.data.datasets import list_samples
+from segadapt.data.datasets import read_image
+from segadapt.data.datasets import read_label
+from segadapt.data.labels import class_names
+from segadapt.data.labels import colorize
+from segadapt.data.labels import label_lut
+from segadapt.data.labels import palette
+from segadapt.data.synthshift import MANIFEST
+from segadapt.data.synthshift import generate
+from segadapt.data.synthshift import manifest
+from segadapt.data.torch_loader import StreamLoader
+from segadapt.data.torch_loader import eval_samples
+from segadapt.data.torch_loader import transform
 
 __all__ = [
     "Sample", "StreamLoader", "Streams", "check_tree", "class_names", "colorize", "ensure_synthshift",

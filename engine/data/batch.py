@@ -14,9 +14,9 @@ import zlib
 import torch
 from torch import Tensor
 
-from engine.config import Data
-from engine.config import Stream
-from engine.data.torch_loader import StreamLoader
+from segadapt.config import Data
+from segadapt.config import Stream
+from segadapt.data.torch_loader import StreamLoader
 
 STREAM_NAMES = ("source", "target", "labeled", "unlabeled", "val")
 LOADERS = ("auto", "dali", "torch", "synthetic")
@@ -117,9 +117,9 @@ class SyntheticLoader:
 
 # --------------------------------------------------------------------------------------------------- streams
 def _dali_loader_class():
-    """engine.data.dali's DaliStreamLoader when DALI imports, else None."""
+    """segadapt.data.dali's DaliStreamLoader when DALI imports, else None."""
     try:
-        module = importlib.import_module("engine.data.dali")
+        module = importlib.import_module("segadapt.data.dali")
     except ImportError:
         return None
     available = getattr(module, "dali_available", lambda: False)

@@ -42,11 +42,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from engine.config import Stream
-from engine.data import torch_loader
-from engine.data.datasets import list_samples
-from engine.data.datasets import read_raw_label
-from engine.data.labels import label_lut
+from segadapt.config import Stream
+from segadapt.data import torch_loader
+from segadapt.data.datasets import list_samples
+from segadapt.data.datasets import read_raw_label
+from segadapt.data.labels import label_lut
 
 try:
     from nvidia.dali import fn
@@ -465,4 +465,4 @@ def eval_samples(
 
 
 DaliStreamLoader = StreamLoader
-"""The name `engine.data.batch.Streams` looks up (`_dali_loader_class`)."""
+"""The name `segadapt.data.batch.Streams` looks up (`_dali_loader_class`)."""

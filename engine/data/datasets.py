@@ -20,10 +20,10 @@ import numpy as np
 import png
 from PIL import Image
 
-from engine.config import Stream
-from engine.data.labels import KNOWN_RAW_IDS
-from engine.data.labels import check_dataset
-from engine.data.labels import label_lut
+from segadapt.config import Stream
+from segadapt.data.labels import KNOWN_RAW_IDS
+from segadapt.data.labels import check_dataset
+from segadapt.data.labels import label_lut
 
 _LAYOUTS = {
     "gta5": "ROOT/images/00001.png ...          RGB images\n"

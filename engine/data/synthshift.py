@@ -14,7 +14,7 @@ scaled by their distance to the horizon. Two renderers turn a label map into an 
 The two domains never share a scene (their layouts are independent draws) but share the layout distribution, so
 the shift is in appearance only. Layouts come from `numpy.random.Generator(PCG64(SeedSequence((seed, domain,
 index))))`; images and labels are PNGs written by PIL (pypng for SYNTHIA's 16-bit labels), so a seed writes
-byte-identical files. Run `python -m engine.data.synthshift OUT` for a tiny set.
+byte-identical files. Run `python -m segadapt.data.synthshift OUT` for a tiny set.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from PIL import Image
 from PIL import ImageDraw
 from PIL import ImageFilter
 
-from engine.data.labels import CITYSCAPES_ID_TO_TRAINID
-from engine.data.labels import CITYSCAPES_PALETTE
-from engine.data.labels import IGNORE
-from engine.data.labels import SYNTHIA_ID_TO_TRAINID
+from segadapt.data.labels import CITYSCAPES_ID_TO_TRAINID
+from segadapt.data.labels import CITYSCAPES_PALETTE
+from segadapt.data.labels import IGNORE
+from segadapt.data.labels import SYNTHIA_ID_TO_TRAINID
 
 FORMATS = ("gta5", "cityscapes", "synthia", "voc")
 MANIFEST = "synthshift.json"

@@ -22,11 +22,11 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset
 from torch.utils.data import Sampler
 
-from engine.config import Stream
-from engine.data.datasets import Sample
-from engine.data.datasets import list_samples
-from engine.data.datasets import read_image
-from engine.data.datasets import read_label
+from segadapt.config import Stream
+from segadapt.data.datasets import Sample
+from segadapt.data.datasets import list_samples
+from segadapt.data.datasets import read_image
+from segadapt.data.datasets import read_label
 
 IGNORE = 255
 

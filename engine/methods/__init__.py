@@ -6,12 +6,12 @@ import importlib
 
 from torch import nn
 
-from engine.config import Config
-from engine.methods.adaptsegnet import AdaptSegNet
-from engine.methods.base import Method
-from engine.methods.base import StepContext
-from engine.methods.supervised import build_sourceonly
-from engine.methods.supervised import build_supervised
+from segadapt.config import Config
+from segadapt.methods.adaptsegnet import AdaptSegNet
+from segadapt.methods.base import Method
+from segadapt.methods.base import StepContext
+from segadapt.methods.supervised import build_sourceonly
+from segadapt.methods.supervised import build_supervised
 
 
 def _lazy(module: str):
@@ -27,11 +27,11 @@ METHODS = {
     "sourceonly": lambda model, cfg: build_sourceonly(model, cfg.method),
     "supervised": lambda model, cfg: build_supervised(model, cfg.method),
     "adaptsegnet": lambda model, cfg: AdaptSegNet(model, cfg.method, cfg.model.num_classes),
-    "advsemiseg": _lazy("engine.methods.advsemiseg"),
-    "u2pl": _lazy("engine.methods.u2pl"),
-    "lsdseg": _lazy("engine.methods.lsdseg"),
-    "colorization": _lazy("engine.methods.mixmatch"),
-    "mixmatch": _lazy("engine.methods.mixmatch"),
+    "advsemiseg": _lazy("segadapt.methods.advsemiseg"),
+    "u2pl": _lazy("segadapt.methods.u2pl"),
+    "lsdseg": _lazy("segadapt.methods.lsdseg"),
+    "colorization": _lazy("segadapt.methods.mixmatch"),
+    "mixmatch": _lazy("segadapt.methods.mixmatch"),
 }
 
 

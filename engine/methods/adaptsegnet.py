@@ -26,17 +26,17 @@ import torch
 from torch import Tensor
 from torch import nn
 
-from engine.config import AdaptSegNet as AdaptSegNetConfig
-from engine.config import Optim
-from engine.methods.base import Method
-from engine.methods.base import OptimizerSpec
-from engine.methods.base import StepContext
-from engine.methods.base import frozen
-from engine.methods.base import segmenter_optimizer
-from engine.methods.losses import adversarial_loss
-from engine.methods.losses import upsample
-from engine.methods.supervised import supervised_loss
-from engine.models import build_discriminator
+from segadapt.config import AdaptSegNet as AdaptSegNetConfig
+from segadapt.config import Optim
+from segadapt.methods.base import Method
+from segadapt.methods.base import OptimizerSpec
+from segadapt.methods.base import StepContext
+from segadapt.methods.base import frozen
+from segadapt.methods.base import segmenter_optimizer
+from segadapt.methods.losses import adversarial_loss
+from segadapt.methods.losses import upsample
+from segadapt.methods.supervised import supervised_loss
+from segadapt.models import build_discriminator
 
 
 class AdaptSegNet(Method):

@@ -17,7 +17,7 @@ upsampled output is the segmenter's adversarial target on labelled and unlabelle
   4. Step the segmenter (SGD 2.5e-4, heads 10x, poly 0.9) and D (Adam 1e-4, betas (0.9, 0.99), poly 0.9).
 Every BCE is the fused kernels.upsample_bce op (interp + BCE with a 255 mask, mean over valid pixels; it also
 returns sigmoid(D_out) for T_semi); CE is kernels.upsample_cross_entropy on the stride-8 logits (the same math as CE
-on interp(logits)); pseudo-labels and the one-hot come from kernels.pseudo_label on the device, where the official
+on interp(logits)); pseudo-labels and the one-hot come from segadapt.kernels.pseudo_label on the device, where the official
 code round-trips through numpy every step.
 
 | official behaviour                                                       | switch / note                         |
@@ -42,20 +42,20 @@ import torch
 from torch import Tensor
 from torch import nn
 
-from engine.config import AdvSemiSeg as AdvSemiSegConfig
-from engine.config import Config
-from engine.config import Optim
-from engine.methods.base import Method
-from engine.methods.base import OptimizerSpec
-from engine.methods.base import StepContext
-from engine.methods.base import frozen
-from engine.methods.base import segmenter_optimizer
-from engine.methods.losses import seg_loss
-from engine.methods.losses import upsample
-from engine.models import build_discriminator
-from kernels.pseudo_label import one_hot_labels
-from kernels.pseudo_label import pseudo_label
-from kernels.upsample_bce import upsample_bce
+from segadapt.config import AdvSemiSeg as AdvSemiSegConfig
+from segadapt.config import Config
+from segadapt.config import Optim
+from segadapt.methods.base import Method
+from segadapt.methods.base import OptimizerSpec
+from segadapt.methods.base import StepContext
+from segadapt.methods.base import frozen
+from segadapt.methods.base import segmenter_optimizer
+from segadapt.methods.losses import seg_loss
+from segadapt.methods.losses import upsample
+from segadapt.models import build_discriminator
+from segadapt.kernels.pseudo_label import one_hot_labels
+from segadapt.kernels.pseudo_label import pseudo_label
+from segadapt.kernels.upsample_bce import upsample_bce
 
 IGNORE = 255
 

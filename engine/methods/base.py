@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from torch import nn
 
-from engine.config import Optim
+from segadapt.config import Optim
 
 
 @dataclass(frozen=True, slots=True)

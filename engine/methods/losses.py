@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kernels.upsample_bce import upsample_bce
-from kernels.upsample_cross_entropy import upsample_cross_entropy
+from segadapt.kernels.upsample_bce import upsample_bce
+from segadapt.kernels.upsample_cross_entropy import upsample_cross_entropy
 
 
 def seg_loss(logits: Tensor, label: Tensor, align_corners: bool) -> Tensor:

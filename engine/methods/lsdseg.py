@@ -54,14 +54,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch import nn
 
-from engine.config import Config
-from engine.config import LSDSeg as LSDSegConfig
-from engine.config import Optim
-from engine.methods.base import Method
-from engine.methods.base import OptimizerSpec
-from engine.methods.base import StepContext
-from engine.methods.base import frozen
-from kernels.upsample_cross_entropy import upsample_cross_entropy
+from segadapt.config import Config
+from segadapt.config import LSDSeg as LSDSegConfig
+from segadapt.config import Optim
+from segadapt.methods.base import Method
+from segadapt.methods.base import OptimizerSpec
+from segadapt.methods.base import StepContext
+from segadapt.methods.base import frozen
+from segadapt.kernels.upsample_cross_entropy import upsample_cross_entropy
 
 __all__ = ["Discriminator", "Generator", "LSDSeg", "ResBlock", "build", "feature_keys"]
 

@@ -44,15 +44,15 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch import nn
 
-from engine.config import Colorization as ColorizationConfig
-from engine.config import Config
-from engine.config import Data
-from engine.config import MixMatch as MixMatchConfig
-from engine.config import Optim
-from engine.methods.base import Method
-from engine.methods.base import OptimizerSpec
-from engine.methods.base import StepContext
-from engine.methods.base import segmenter_groups
+from segadapt.config import Colorization as ColorizationConfig
+from segadapt.config import Config
+from segadapt.config import Data
+from segadapt.config import MixMatch as MixMatchConfig
+from segadapt.config import Optim
+from segadapt.methods.base import Method
+from segadapt.methods.base import OptimizerSpec
+from segadapt.methods.base import StepContext
+from segadapt.methods.base import segmenter_groups
 
 __all__ = [
     "Colorization",
@@ -368,4 +368,4 @@ def build(model: nn.Module, cfg: Config) -> Method:
         return Colorization(model, cfg.method, cfg.data)
     if cfg.method.name == "mixmatch":
         return MixMatch(model, cfg.method)
-    raise ValueError(f"method.name = {cfg.method.name!r}: engine.methods.mixmatch builds 'colorization' or 'mixmatch'")
+    raise ValueError(f"method.name = {cfg.method.name!r}: segadapt.methods.mixmatch builds 'colorization' or 'mixmatch'")

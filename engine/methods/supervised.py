@@ -10,14 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from engine.config import Optim
-from engine.config import SourceOnly as SourceOnlyConfig
-from engine.config import Supervised as SupervisedConfig
-from engine.methods.base import Method
-from engine.methods.base import OptimizerSpec
-from engine.methods.base import StepContext
-from engine.methods.base import segmenter_optimizer
-from engine.methods.losses import seg_loss
+from segadapt.config import Optim
+from segadapt.config import SourceOnly as SourceOnlyConfig
+from segadapt.config import Supervised as SupervisedConfig
+from segadapt.methods.base import Method
+from segadapt.methods.base import OptimizerSpec
+from segadapt.methods.base import StepContext
+from segadapt.methods.base import segmenter_optimizer
+from segadapt.methods.losses import seg_loss
 
 
 def supervised_loss(out: dict[str, Tensor], label: Tensor, lambda_seg: float, align_corners: bool) -> Tensor:

@@ -51,22 +51,22 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch import nn
 
-from engine import distributed
-from engine.config import U2PL as U2PLConfig
-from engine.config import Config
-from engine.config import Optim
-from engine.methods.base import Method
-from engine.methods.base import OptimizerSpec
-from engine.methods.base import StepContext
-from engine.methods.base import segmenter_optimizer
-from engine.methods.losses import seg_loss
-from engine.methods.losses import upsample
-from kernels.entropy_percentile import entropy_percentile
-from kernels.memory_queue import MemoryQueue
-from kernels.memory_queue import u2pl_lengths
-from kernels.pseudo_label import one_hot_labels
-from kernels.pseudo_label import pseudo_label
-from kernels.upsample_cross_entropy import upsample_cross_entropy
+from segadapt import distributed
+from segadapt.config import U2PL as U2PLConfig
+from segadapt.config import Config
+from segadapt.config import Optim
+from segadapt.methods.base import Method
+from segadapt.methods.base import OptimizerSpec
+from segadapt.methods.base import StepContext
+from segadapt.methods.base import segmenter_optimizer
+from segadapt.methods.losses import seg_loss
+from segadapt.methods.losses import upsample
+from segadapt.kernels.entropy_percentile import entropy_percentile
+from segadapt.kernels.memory_queue import MemoryQueue
+from segadapt.kernels.memory_queue import u2pl_lengths
+from segadapt.kernels.pseudo_label import one_hot_labels
+from segadapt.kernels.pseudo_label import pseudo_label
+from segadapt.kernels.upsample_cross_entropy import upsample_cross_entropy
 
 IGNORE = 255
 

@@ -14,14 +14,14 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from engine.config import Model
-from engine.models.deeplabv2 import ASPP
-from engine.models.deeplabv2 import DeepLabV2
-from engine.models.discriminator import FCDiscriminator
-from engine.models.resnet import DEPTHS
-from engine.models.toy import ToySegmenter
-from engine.models.weights import LoadReport
-from engine.models.weights import load_pretrained
+from segadapt.config import Model
+from segadapt.models.deeplabv2 import ASPP
+from segadapt.models.deeplabv2 import DeepLabV2
+from segadapt.models.discriminator import FCDiscriminator
+from segadapt.models.resnet import DEPTHS
+from segadapt.models.toy import ToySegmenter
+from segadapt.models.weights import LoadReport
+from segadapt.models.weights import load_pretrained
 
 __all__ = [
     "ASPP",
@@ -67,9 +67,9 @@ def _lazy(module: str) -> Callable[[Model], nn.Module]:
 MODELS: dict[str, Callable[[Model], nn.Module]] = {
     "deeplabv2": _deeplabv2,
     "toy": _toy,
-    "deeplabv3plus": _lazy("engine.models.deeplabv3plus"),
-    "fcn8s": _lazy("engine.models.fcn8s"),
-    "hypercolumn": _lazy("engine.models.hypercolumn"),
+    "deeplabv3plus": _lazy("segadapt.models.deeplabv3plus"),
+    "fcn8s": _lazy("segadapt.models.fcn8s"),
+    "hypercolumn": _lazy("segadapt.models.hypercolumn"),
 }
 
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from torch import Tensor
 from torch import nn
 
-from engine.models.resnet import ResNet
+from segadapt.models.resnet import ResNet
 
 __all__ = ["ASPP", "DeepLabV2"]
 

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch import nn
 
-from engine.config import Model
+from segadapt.config import Model
 
 __all__ = ["DeepLabV3Plus", "build"]
 

@@ -28,8 +28,8 @@ import torch
 from torch import Tensor
 from torch import nn
 
-from engine.config import Model
-from engine.models.vgg import VGG16
+from segadapt.config import Model
+from segadapt.models.vgg import VGG16
 
 __all__ = ["FCN8s", "bilinear_kernel", "build"]
 

@@ -45,8 +45,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch import nn
 
-from engine.config import Model
-from engine.models.vgg import VGG16
+from segadapt.config import Model
+from segadapt.models.vgg import VGG16
 
 __all__ = ["HypercolumnNet", "build", "grid_from_points"]
 

@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from bench import loader
+from segadapt.bench import loader
 
 ENV_KEYS = {"device_name", "torch", "triton", "dali", "cuda", "git_sha", "timestamp"}
 

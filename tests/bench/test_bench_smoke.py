@@ -5,15 +5,15 @@ import time
 
 import pytest
 
-from bench import common
-from bench import kernels
+from segadapt.bench import common
+from segadapt.bench import kernels
 
 ENV_KEYS = {"device_name", "torch", "triton", "dali", "cuda", "git_sha", "timestamp"}
 MY_OPS = ["upsample_cross_entropy", "upsample_bce"]
 
 
 def _run(tmp_path, ops, providers="ref,triton", modes="fwd,full"):
-    out = tmp_path / "kernels.json"
+    out = tmp_path / "segadapt.kernels.json"
     argv = ["--device", "cpu", "--cases", "tiny", "--precision", "fp32", "--ops", ",".join(ops)]
     argv += ["--providers", providers, "--modes", modes, "--warmup", "1", "--rep", "2", "--out", str(out)]
     payload = kernels.main(argv)
@@ -49,7 +49,7 @@ def test_other_ops_plug_in(tmp_path):
     """The U2PL / AdvSemiSeg ops (written elsewhere) get one row per supported provider, forward only."""
     others = [name for name in kernels.OPS if name not in MY_OPS]
     for module in ("entropy_percentile", "pseudo_label", "memory_queue"):
-        pytest.importorskip(f"kernels.{module}")
+        pytest.importorskip(f"segadapt.kernels.{module}")
     payload = _run(tmp_path, others, modes="fwd")
     got = sorted((row["name"], row["provider"]) for row in payload["results"])
     want = sorted((name, p) for name in others for p in ("ref", "triton") if p in kernels.OPS[name].providers)

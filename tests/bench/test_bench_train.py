@@ -6,9 +6,9 @@ import time
 import pytest
 import torch
 
-import bench.__main__ as bench_main
-from bench import train as bench_train
-from engine.train import train_step
+import segadapt.bench.__main__ as bench_main
+from segadapt.bench import train as bench_train
+from segadapt.train import train_step
 
 ENV_KEYS = {"device_name", "torch", "triton", "dali", "cuda", "git_sha", "timestamp"}
 PHASE_KEYS = [f"{phase}_ms" for phase in bench_train.PHASES]

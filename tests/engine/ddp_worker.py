@@ -14,13 +14,13 @@ import sys
 
 import torch
 
-from engine import config
-from engine import distributed
-from engine.train import NullLogger
-from engine.train import build_everything
-from engine.train import check_finite
-from engine.train import maybe_evaluate
-from engine.train import train_step
+from segadapt import config
+from segadapt import distributed
+from segadapt.train import NullLogger
+from segadapt.train import build_everything
+from segadapt.train import check_finite
+from segadapt.train import maybe_evaluate
+from segadapt.train import train_step
 
 
 def flat_state(module: torch.nn.Module) -> torch.Tensor:

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from engine import cli
-from engine import config
+from segadapt import cli
+from segadapt import config
 
 
 def test_train_help_lists_documented_fields(capsys):
@@ -78,14 +78,14 @@ def test_demo_code_path_at_toy_size(tmp_path, capsys):
 
 @pytest.mark.parametrize(("recipe", "stream"), [("semi_demo_advsemiseg", "labeled"), ("demo", "source")])
 def test_supervised_baseline_trains_on_the_main_methods_labelled_stream(recipe, stream):
-    from engine.cli import baseline_section
+    from segadapt.cli import baseline_section
 
     section = baseline_section(config.load(recipe), "supervised")
     assert section.name == "supervised" and section.stream == stream
 
 
 def test_unknown_baseline_is_named():
-    from engine.cli import baseline_section
+    from segadapt.cli import baseline_section
 
     with pytest.raises(config.ConfigError, match="train.compare_methods names 'oracle'"):
         baseline_section(config.load("demo"), "oracle")

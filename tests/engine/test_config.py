@@ -2,8 +2,8 @@
 
 import pytest
 
-from engine import config
-from engine.config import ConfigError
+from segadapt import config
+from segadapt.config import ConfigError
 
 
 def test_precedence_set_over_toml_over_defaults(tmp_path):

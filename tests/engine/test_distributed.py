@@ -13,17 +13,17 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import checkpoint
-from engine import config
-from engine.data.labels import label_lut
-from engine.data.synthshift import generate
-from engine.distributed import World
-from engine.train import NullLogger
-from engine.train import build_everything
-from engine.train import maybe_evaluate
-from engine.train import per_rank
-from engine.train import train
-from engine.train import train_step
+from segadapt import checkpoint
+from segadapt import config
+from segadapt.data.labels import label_lut
+from segadapt.data.synthshift import generate
+from segadapt.distributed import World
+from segadapt.train import NullLogger
+from segadapt.train import build_everything
+from segadapt.train import maybe_evaluate
+from segadapt.train import per_rank
+from segadapt.train import train
+from segadapt.train import train_step
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 HANG_GUARD_S = 600  # kills a deadlocked job so CI reports it; not a performance limit
@@ -128,7 +128,7 @@ def test_demo_recipe_keeps_both_ranks_identical(synth, tmp_path):
 def _every_method(synth, run_dir) -> dict[str, dict]:
     """A tiny config of every registered method: semi-supervised ones read half of the target train images as
     labelled and the rest as unlabelled; models as in the registry contract test."""
-    from engine.methods import METHODS
+    from segadapt.methods import METHODS
 
     split = {"dataset": "cityscapes", "root": str(synth / "cityscapes"), "batch_size": 4, "split_seed": 0}
     sections = {
@@ -156,7 +156,7 @@ def test_one_step_of_every_method_on_two_ranks(synth, tmp_path):
     """Every method's DDP wrapping is consistent: one step runs, changes the weights, and leaves both ranks equal."""
     result, out = _worker(tmp_path, {"methods": _every_method(synth, tmp_path)}, steps=1)
     assert result.returncode == 0, result.stderr[-6000:]
-    from engine.methods import METHODS
+    from segadapt.methods import METHODS
 
     assert set(out) == set(METHODS)
     for name, states in out.items():
@@ -175,7 +175,7 @@ def _toml(tree: dict, prefix: str = "") -> str:
 
 
 def test_torchrun_runs_the_cli_and_only_rank_0_writes(synth, tmp_path):
-    """`torchrun --nproc-per-node 2 -m engine train RECIPE.toml`, the README's command, with a baseline after it."""
+    """`torchrun --nproc-per-node 2 -m segadapt train RECIPE.toml`, the README's command, with a baseline after it."""
     tree = _tree(synth, tmp_path / "run" / "{method}", "adaptsegnet", steps=2)
     tree["train"]["compare_methods"] = ["sourceonly"]
     recipe = tmp_path / "tiny.toml"
@@ -196,7 +196,7 @@ def test_checkpoint_from_two_ranks_resumes_on_one(synth, tmp_path):
     cfg_path = tmp_path / "two.json"
     cfg_path.write_text(json.dumps(tree))
     code = (
-        "import json, sys; from engine import config; from engine.train import train; "
+        "import json, sys; from segadapt import config; from segadapt.train import train; "
         "train(config.load_dict(json.loads(open(sys.argv[1]).read()), sys.argv[1]))"
     )
     script = tmp_path / "train_cfg.py"

@@ -11,18 +11,18 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from engine.config import Data
-from engine.config import Eval
-from engine.evaluate import SYNTHIA_NOTE
-from engine.evaluate import _window_starts
-from engine.evaluate import confusion_matrix
-from engine.evaluate import evaluate
-from engine.evaluate import format_table
-from engine.evaluate import iou
-from engine.evaluate import mean_iou
-from engine.evaluate import predict_slide
-from engine.evaluate import predict_whole
-from engine.evaluate import summarize
+from segadapt.config import Data
+from segadapt.config import Eval
+from segadapt.evaluate import SYNTHIA_NOTE
+from segadapt.evaluate import _window_starts
+from segadapt.evaluate import confusion_matrix
+from segadapt.evaluate import evaluate
+from segadapt.evaluate import format_table
+from segadapt.evaluate import iou
+from segadapt.evaluate import mean_iou
+from segadapt.evaluate import predict_slide
+from segadapt.evaluate import predict_whole
+from segadapt.evaluate import summarize
 
 # Two 2x3 images, 3 classes. Label 255 and the out-of-range label 7 are ignored; class 2 is predicted only on
 # ignored pixels, so it is absent from both counted ground truth and counted predictions (IoU NaN).

@@ -15,9 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine import config as config_module
-from engine import export
-from engine.models import build_segmenter
+from segadapt import config as config_module
+from segadapt import export
+from segadapt.models import build_segmenter
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 TINY = ["model.backbone=resnet18", "model.width=8", "eval.input_size=[96,64]", "data.synthshift.size=[96,64]"]
@@ -163,7 +163,7 @@ def test_dynamic_export_runs_at_two_sizes(segadapt_checkpoint, tmp_path):
 
 
 def test_parity_with_val_reports_zero_miou_difference(segadapt_checkpoint, tmp_path):
-    from engine.data.synthshift import generate
+    from segadapt.data.synthshift import generate
 
     generate(tmp_path / "synth", seed=3, size=(96, 64), count=4, formats=("cityscapes",))
     path, _ = segadapt_checkpoint

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from engine.config import Schedule
-from engine.methods.base import OptimizerSpec
-from engine.optim import lr_factor
-from engine.optim import make_optimizer
-from engine.optim import set_lr
+from segadapt.config import Schedule
+from segadapt.methods.base import OptimizerSpec
+from segadapt.optim import lr_factor
+from segadapt.optim import make_optimizer
+from segadapt.optim import set_lr
 
 
 @pytest.mark.parametrize("step", [0, 1, 499, 999])

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from engine import config
-from engine.data.synthshift import generate
-from engine.train import train
+from segadapt import config
+from segadapt.data.synthshift import generate
+from segadapt.train import train
 
 
 @pytest.fixture(scope="module")

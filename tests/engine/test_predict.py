@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from engine import config as config_module
-from engine import export
-from engine import predict
-from engine.models import build_segmenter
+from segadapt import config as config_module
+from segadapt import export
+from segadapt import predict
+from segadapt.models import build_segmenter
 
 TINY = ["model.backbone=resnet18", "model.width=8", "eval.input_size=[96,64]", "data.synthshift.size=[96,64]"]
 
@@ -23,7 +23,7 @@ TINY = ["model.backbone=resnet18", "model.width=8", "eval.input_size=[96,64]", "
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     """Real synthshift "photo" images at 96x64 plus one at another size (predict resizes it and back)."""
-    from engine.data.synthshift import generate
+    from segadapt.data.synthshift import generate
 
     root = tmp_path_factory.mktemp("synth")
     generate(root, seed=5, size=(96, 64), count=4, formats=("cityscapes",))
@@ -100,7 +100,7 @@ def test_label_map_follows_the_bgr_input_contract(models, images):
 
 
 def test_overlay_blends_and_keeps_ignore_pixels():
-    from engine.data.labels import colorize
+    from segadapt.data.labels import colorize
 
     image = np.full((2, 3, 3), 100, dtype=np.uint8)
     label = np.array([[0, 1, 255], [2, 255, 0]], dtype=np.uint8)
@@ -164,7 +164,7 @@ def test_image_inputs(tmp_path):
 
 
 def test_cli_wiring(models, images, tmp_path):
-    from engine import cli
+    from segadapt import cli
 
     status = cli.main(
         ["predict", "--model", str(models["static"]), str(images), "--out", str(tmp_path), "--no-progress"]

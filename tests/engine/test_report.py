@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.report import best_and_last
-from engine.report import loss_names
-from engine.report import read_metrics
-from engine.report import write_report
+from segadapt.report import best_and_last
+from segadapt.report import loss_names
+from segadapt.report import read_metrics
+from segadapt.report import write_report
 
 CLASSES = ("road", "sidewalk", "building")
 

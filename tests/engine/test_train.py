@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-from engine import checkpoint
-from engine import config
-from engine.data.synthshift import generate
-from engine.train import NonFiniteLoss
-from engine.train import train
+from segadapt import checkpoint
+from segadapt import config
+from segadapt.data.synthshift import generate
+from segadapt.train import NonFiniteLoss
+from segadapt.train import train
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_malicious_checkpoint_is_refused(tmp_path):
 
 
 def test_non_finite_loss_stops_with_name_and_step_and_keeps_last_good_checkpoint(synth, tmp_path, monkeypatch):
-    from engine.methods.supervised import Supervised
+    from segadapt.methods.supervised import Supervised
 
     real = Supervised.train_step
 

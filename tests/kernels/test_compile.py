@@ -38,7 +38,7 @@ def _compare_with_grad(fn, leaf, *args):
 @pytest.mark.gpu
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_upsample_cross_entropy_fullgraph(align_corners):
-    from kernels.upsample_cross_entropy import upsample_cross_entropy
+    from segadapt.kernels.upsample_cross_entropy import upsample_cross_entropy
 
     logits = _channels_last(2, 19, 90, 160)
     labels = torch.randint(0, 19, (2, 720, 1280), device="cuda")
@@ -53,7 +53,7 @@ def test_upsample_cross_entropy_fullgraph(align_corners):
 @pytest.mark.gpu
 @pytest.mark.parametrize("loss", ["bce", "mse"])
 def test_upsample_bce_fullgraph(loss):
-    from kernels.upsample_bce import upsample_bce
+    from segadapt.kernels.upsample_bce import upsample_bce
 
     d_logits = _channels_last(2, 1, 41, 41)
     target = torch.randint(0, 2, (2, 321, 321), device="cuda", dtype=torch.uint8)
@@ -72,7 +72,7 @@ def test_upsample_bce_fullgraph(loss):
 
 @pytest.mark.gpu
 def test_entropy_percentile_fullgraph():
-    module = pytest.importorskip("kernels.entropy_percentile")
+    module = pytest.importorskip("segadapt.kernels.entropy_percentile")
     logits = _channels_last(2, 19, 65, 129)
     ignore = torch.rand(2, 65, 129, device="cuda") < 0.1
     eager = module.entropy_percentile(logits, ignore, 80.0)
@@ -83,7 +83,7 @@ def test_entropy_percentile_fullgraph():
 
 @pytest.mark.gpu
 def test_pseudo_label_fullgraph():
-    module = pytest.importorskip("kernels.pseudo_label")
+    module = pytest.importorskip("segadapt.kernels.pseudo_label")
     logits = _channels_last(2, 21, 65, 129)
     confidence = torch.rand(2, 65, 129, device="cuda")
 
@@ -97,7 +97,7 @@ def test_pseudo_label_fullgraph():
 
 @pytest.mark.gpu
 def test_memory_queue_fullgraph():
-    module = pytest.importorskip("kernels.memory_queue")
+    module = pytest.importorskip("segadapt.kernels.memory_queue")
     queues = [module.MemoryQueue(19, 256, 512, device="cuda") for _ in range(2)]
     features = torch.randn(1000, 256, device="cuda")
     classes = torch.randint(0, 19, (1000,), device="cuda")
@@ -145,8 +145,8 @@ def _check_loss_and_grad(fn, ref_fn, leaf, *args):
 @pytest.mark.usefixtures("_triton_cpu")
 @pytest.mark.parametrize("align_corners", [False, True])
 def test_upsample_cross_entropy_fullgraph_cpu(align_corners):
-    from kernels.upsample_cross_entropy import upsample_cross_entropy
-    from kernels.upsample_cross_entropy import upsample_cross_entropy_ref
+    from segadapt.kernels.upsample_cross_entropy import upsample_cross_entropy
+    from segadapt.kernels.upsample_cross_entropy import upsample_cross_entropy_ref
 
     logits = torch.randn(2, 5, 3, 4).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 5, (2, 9, 11))
@@ -164,8 +164,8 @@ def test_upsample_cross_entropy_fullgraph_cpu(align_corners):
 @pytest.mark.usefixtures("_triton_cpu")
 @pytest.mark.parametrize("loss", ["bce", "mse"])
 def test_upsample_bce_fullgraph_cpu(loss):
-    from kernels.upsample_bce import upsample_bce
-    from kernels.upsample_bce import upsample_bce_ref
+    from segadapt.kernels.upsample_bce import upsample_bce
+    from segadapt.kernels.upsample_bce import upsample_bce_ref
 
     d_logits = torch.randn(2, 1, 3, 4)
     target = torch.randint(0, 2, (2, 9, 11), dtype=torch.uint8)
@@ -189,8 +189,8 @@ def test_upsample_bce_fullgraph_cpu(loss):
 @pytest.mark.usefixtures("_triton_cpu")
 @pytest.mark.parametrize("percentile", [80.0, 0.0, "tensor"])
 def test_entropy_percentile_fullgraph_cpu(percentile):
-    from kernels.entropy_percentile import entropy_percentile
-    from kernels.entropy_percentile import entropy_percentile_ref
+    from segadapt.kernels.entropy_percentile import entropy_percentile
+    from segadapt.kernels.entropy_percentile import entropy_percentile_ref
 
     logits = torch.randn(2, 5, 4, 6).contiguous(memory_format=torch.channels_last)
     ignore = torch.rand(2, 4, 6) < 0.2
@@ -204,8 +204,8 @@ def test_entropy_percentile_fullgraph_cpu(percentile):
 @pytest.mark.usefixtures("_triton_cpu")
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 def test_pseudo_label_fullgraph_cpu(memory_format):
-    from kernels.pseudo_label import pseudo_label
-    from kernels.pseudo_label import pseudo_label_ref
+    from segadapt.kernels.pseudo_label import pseudo_label
+    from segadapt.kernels.pseudo_label import pseudo_label_ref
 
     logits = torch.randn(2, 5, 4, 6)
     confidence = torch.rand(2, 4, 6)
@@ -227,8 +227,8 @@ def test_pseudo_label_fullgraph_cpu(memory_format):
 @pytest.mark.usefixtures("_triton_cpu")
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 def test_one_hot_labels_fullgraph_cpu(memory_format):
-    from kernels.pseudo_label import one_hot_labels
-    from kernels.pseudo_label import one_hot_labels_ref
+    from segadapt.kernels.pseudo_label import one_hot_labels
+    from segadapt.kernels.pseudo_label import one_hot_labels_ref
 
     label = torch.randint(0, 5, (2, 4, 6))
     label[:, 0] = 255
@@ -239,8 +239,8 @@ def test_one_hot_labels_fullgraph_cpu(memory_format):
 
 @pytest.mark.usefixtures("_triton_cpu")
 def test_memory_queue_enqueue_fullgraph_cpu():
-    from kernels.memory_queue import MemoryQueue
-    from kernels.memory_queue import memory_queue_enqueue_ref
+    from segadapt.kernels.memory_queue import MemoryQueue
+    from segadapt.kernels.memory_queue import memory_queue_enqueue_ref
 
     compiled_queue, ref_queue = (MemoryQueue(3, 4, [5, 3, 2], device="cpu") for _ in range(2))
     enqueue = _cpu_compile(compiled_queue.enqueue)

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from kernels.entropy_percentile import entropy_percentile
-from kernels.entropy_percentile import entropy_percentile_ref
+from segadapt.kernels.entropy_percentile import entropy_percentile
+from segadapt.kernels.entropy_percentile import entropy_percentile_ref
 
 # kernels/__init__.py re-exports the op under the module's own name, so fetch the module itself.
-module = importlib.import_module("kernels.entropy_percentile")
+module = importlib.import_module("segadapt.kernels.entropy_percentile")
 
 FORMATS = [torch.contiguous_format, torch.channels_last]
 

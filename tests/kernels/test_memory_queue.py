@@ -5,12 +5,12 @@ import importlib
 import pytest
 import torch
 
-from kernels.memory_queue import MemoryQueue
-from kernels.memory_queue import memory_queue_enqueue_ref
-from kernels.memory_queue import u2pl_lengths
+from segadapt.kernels.memory_queue import MemoryQueue
+from segadapt.kernels.memory_queue import memory_queue_enqueue_ref
+from segadapt.kernels.memory_queue import u2pl_lengths
 
 # kernels/__init__.py re-exports the op under the module's own name, so fetch the module itself.
-module = importlib.import_module("kernels.memory_queue")
+module = importlib.import_module("segadapt.kernels.memory_queue")
 
 LENGTHS = [7, 3, 5, 1]
 DIM = 6

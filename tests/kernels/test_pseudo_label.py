@@ -6,13 +6,13 @@ import math
 import pytest
 import torch
 
-from kernels.pseudo_label import one_hot_labels
-from kernels.pseudo_label import one_hot_labels_ref
-from kernels.pseudo_label import pseudo_label
-from kernels.pseudo_label import pseudo_label_ref
+from segadapt.kernels.pseudo_label import one_hot_labels
+from segadapt.kernels.pseudo_label import one_hot_labels_ref
+from segadapt.kernels.pseudo_label import pseudo_label
+from segadapt.kernels.pseudo_label import pseudo_label_ref
 
 # kernels/__init__.py re-exports the op under the module's own name, so fetch the module itself.
-module = importlib.import_module("kernels.pseudo_label")
+module = importlib.import_module("segadapt.kernels.pseudo_label")
 
 FORMATS = [torch.contiguous_format, torch.channels_last]
 

@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from kernels.upsample_bce import upsample_bce
-from kernels.upsample_bce import upsample_bce_ref
+from segadapt.kernels.upsample_bce import upsample_bce
+from segadapt.kernels.upsample_bce import upsample_bce_ref
 
 # kernels/__init__.py re-exports the op under the module's own name, so fetch the module itself.
-module = importlib.import_module("kernels.upsample_bce")
+module = importlib.import_module("segadapt.kernels.upsample_bce")
 
 # (N, h, w, H, W): discriminator map size -> output size.
 SHAPES = [

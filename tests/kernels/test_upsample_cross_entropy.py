@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.upsample_cross_entropy import upsample_cross_entropy
-from kernels.upsample_cross_entropy import upsample_cross_entropy_ref
+from segadapt.kernels.upsample_cross_entropy import upsample_cross_entropy
+from segadapt.kernels.upsample_cross_entropy import upsample_cross_entropy_ref
 
 # kernels/__init__.py re-exports the op under the module's own name, so fetch the module itself.
-module = importlib.import_module("kernels.upsample_cross_entropy")
+module = importlib.import_module("segadapt.kernels.upsample_cross_entropy")
 
 # (N, C, h, w, H, W): logit size -> label size.
 SHAPES = [

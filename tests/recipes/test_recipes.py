@@ -2,9 +2,9 @@
 
 import pytest
 
-from engine import config
-from engine.config import ConfigError
-from engine.config import tomllib
+from segadapt import config
+from segadapt.config import ConfigError
+from segadapt.config import tomllib
 
 
 @pytest.mark.parametrize("recipe", config.recipe_names())

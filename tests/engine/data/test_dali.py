@@ -12,11 +12,11 @@ import torch
 
 pytest.importorskip("nvidia.dali")
 
-from engine.config import Data  # noqa: E402
-from engine.config import Stream  # noqa: E402
-from engine.data import dali  # noqa: E402
-from engine.data import synthshift  # noqa: E402
-from engine.data import torch_loader  # noqa: E402
+from segadapt.config import Data  # noqa: E402
+from segadapt.config import Stream  # noqa: E402
+from segadapt.data import dali  # noqa: E402
+from segadapt.data import synthshift  # noqa: E402
+from segadapt.data import torch_loader  # noqa: E402
 
 FORMATS = ("gta5", "cityscapes", "synthia", "voc")
 NATIVE = (64, 36)  # (W, H); odd-ish sizes so every resize is non-integer
@@ -154,8 +154,8 @@ def test_output_is_zero_copy_and_channels_last(tree):
 
 
 def test_streams_selects_dali_loader(tree):
-    """engine.data.batch.Streams builds this module's loader for data.loader = "dali" (CPU here)."""
-    from engine.data import batch
+    """segadapt.data.batch.Streams builds this module's loader for data.loader = "dali" (CPU here)."""
+    from segadapt.data import batch
 
     assert batch._dali_loader_class() is dali.StreamLoader
     data = Data(loader="dali", source=_stream(tree, "gta5", resize=(40, 22)))

@@ -7,13 +7,13 @@ import png
 import pytest
 from PIL import Image
 
-from engine.config import Stream
-from engine.data.datasets import check_tree
-from engine.data.datasets import format_report
-from engine.data.datasets import layout_help
-from engine.data.datasets import list_samples
-from engine.data.datasets import read_image
-from engine.data.datasets import read_label
+from segadapt.config import Stream
+from segadapt.data.datasets import check_tree
+from segadapt.data.datasets import format_report
+from segadapt.data.datasets import layout_help
+from segadapt.data.datasets import list_samples
+from segadapt.data.datasets import read_image
+from segadapt.data.datasets import read_label
 
 # Raw labelIds with their trainIds: road 7 -> 0, car 26 -> 13, unlabeled 0 -> 255, sky 23 -> 10.
 RAW = np.array([[7, 7, 26, 26], [0, 23, 23, 26]], dtype=np.uint8)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from engine.data import labels
+from segadapt.data import labels
 
 # METHODS.md A1 "GTA5 / Cityscapes 19-class mapping", copied row by row: (labelId, trainId).
 CITYSCAPES_ROWS = [

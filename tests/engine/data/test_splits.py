@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 from test_datasets import _gta5
 
-from engine import config
-from engine.config import Stream
-from engine.data.datasets import Sample
-from engine.data.datasets import draw_subset
-from engine.data.datasets import list_samples
+from segadapt import config
+from segadapt.config import Stream
+from segadapt.data.datasets import Sample
+from segadapt.data.datasets import draw_subset
+from segadapt.data.datasets import list_samples
 
 
 def _samples(n: int) -> list[Sample]:
@@ -56,8 +56,8 @@ def test_list_samples_applies_the_draw_after_the_list_file(tmp_path):
 
 
 def test_the_trainer_records_the_drawn_ids(tmp_path):
-    from engine.train import Run
-    from engine.train import write_splits
+    from segadapt.train import Run
+    from segadapt.train import write_splits
 
     root = _gta5(tmp_path / "gta5", count=8)
     tree = {"data": {"labeled": {"dataset": "gta5", "root": str(root), "fraction": 0.25, "split_seed": 3},

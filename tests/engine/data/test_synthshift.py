@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.config import Stream
-from engine.config import Synthshift
-from engine.data import ensure_synthshift
-from engine.data import synthshift
-from engine.data.datasets import check_tree
-from engine.data.datasets import list_samples
-from engine.data.datasets import read_image
-from engine.data.datasets import read_label
+from segadapt.config import Stream
+from segadapt.config import Synthshift
+from segadapt.data import ensure_synthshift
+from segadapt.data import synthshift
+from segadapt.data.datasets import check_tree
+from segadapt.data.datasets import list_samples
+from segadapt.data.datasets import read_image
+from segadapt.data.datasets import read_label
 
 SIZE = (64, 32)
 

@@ -7,19 +7,19 @@ import pytest
 import torch
 from PIL import Image
 
-from engine.config import Data
-from engine.config import Stream
-from engine.data import synthshift
-from engine.data.batch import Streams
-from engine.data.batch import normalize
-from engine.data.batch import to_batch
-from engine.data.datasets import list_samples
-from engine.data.torch_loader import StreamLoader
-from engine.data.torch_loader import epoch_indices
-from engine.data.torch_loader import eval_samples
-from engine.data.torch_loader import read_pair
-from engine.data.torch_loader import sample_seed
-from engine.data.torch_loader import transform
+from segadapt.config import Data
+from segadapt.config import Stream
+from segadapt.data import synthshift
+from segadapt.data.batch import Streams
+from segadapt.data.batch import normalize
+from segadapt.data.batch import to_batch
+from segadapt.data.datasets import list_samples
+from segadapt.data.torch_loader import StreamLoader
+from segadapt.data.torch_loader import epoch_indices
+from segadapt.data.torch_loader import eval_samples
+from segadapt.data.torch_loader import read_pair
+from segadapt.data.torch_loader import sample_seed
+from segadapt.data.torch_loader import transform
 
 AUGMENT = Stream(dataset="gta5", scale_range=(0.6, 1.4), crop=(40, 24), flip=True)
 

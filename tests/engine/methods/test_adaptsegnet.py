@@ -6,11 +6,11 @@ import torch.nn.functional as F
 from test_methods import NUM_CLASSES
 from test_methods import _batch
 
-from engine import config
-from engine.methods import StepContext
-from engine.methods import build_method
-from engine.models import build_segmenter
-from engine.optim import make_optimizer
+from segadapt import config
+from segadapt.methods import StepContext
+from segadapt.methods import build_method
+from segadapt.models import build_segmenter
+from segadapt.optim import make_optimizer
 
 
 def _official_gradients(method, batch, cfg):
@@ -83,7 +83,7 @@ def test_single_level_has_no_aux_discriminator_and_ls_gan_uses_mse():
     method = build_method(build_segmenter(cfg.model), cfg)
     assert list(method.discriminators) == ["d_main"]
     d_out = torch.tensor([[[[0.5, -1.0]]]])
-    from engine.methods.losses import adversarial_loss
+    from segadapt.methods.losses import adversarial_loss
 
     assert adversarial_loss(d_out, 1, "ls").item() == pytest.approx(((0.5 - 1) ** 2 + (-1 - 1) ** 2) / 2)
     upsampled = adversarial_loss(d_out, 1, "ls", upsample_to=(4, 6))

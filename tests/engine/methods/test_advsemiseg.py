@@ -9,12 +9,12 @@ import torch.nn.functional as F
 from test_methods import NUM_CLASSES
 from test_methods import _batch
 
-import engine.methods.advsemiseg as advsemiseg
-from engine import config
-from engine.methods import StepContext
-from engine.methods import build_method
-from engine.models import build_segmenter
-from engine.optim import make_optimizer
+import segadapt.methods.advsemiseg as advsemiseg
+from segadapt import config
+from segadapt.methods import StepContext
+from segadapt.methods import build_method
+from segadapt.models import build_segmenter
+from segadapt.optim import make_optimizer
 
 SEMI_START = 3
 # 64x96 so that D's 1/32 map is 2x3, not one constant pixel: its upsampled confidences then differ per pixel.

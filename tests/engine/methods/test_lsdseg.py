@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from engine import config
-from engine.methods import StepContext
-from engine.methods import build_method
-from engine.methods.lsdseg import Discriminator
-from engine.models import build_segmenter
-from engine.optim import make_optimizer
+from segadapt import config
+from segadapt.methods import StepContext
+from segadapt.methods import build_method
+from segadapt.methods.lsdseg import Discriminator
+from segadapt.models import build_segmenter
+from segadapt.optim import make_optimizer
 
 NUM_CLASSES = 5
 MODELS = {

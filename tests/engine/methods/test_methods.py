@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from engine import config
-from engine.methods import METHODS
-from engine.methods import StepContext
-from engine.methods import build_method
-from engine.models import build_segmenter
-from engine.optim import make_optimizer
+from segadapt import config
+from segadapt.methods import METHODS
+from segadapt.methods import StepContext
+from segadapt.methods import build_method
+from segadapt.models import build_segmenter
+from segadapt.optim import make_optimizer
 
 NUM_CLASSES = 5
 
@@ -94,7 +94,7 @@ def test_iter_size_defers_the_step_and_averages_gradients():
     method2, ctx2, _ = _build("sourceonly", iter_size=1)
     method2.load_state_dict(method.state_dict())
     out = method2.model(_batch()["source"]["image"])
-    from engine.methods.supervised import supervised_loss
+    from segadapt.methods.supervised import supervised_loss
 
     supervised_loss(out, _batch()["source"]["label"], 0.1, True).backward()
     torch.testing.assert_close(grad, next(p for p in method2.model.parameters() if p.requires_grad).grad / 2)

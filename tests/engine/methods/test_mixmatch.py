@@ -5,19 +5,19 @@ import math
 import pytest
 import torch
 
-from engine import config
-from engine.methods import StepContext
-from engine.methods import build_method
-from engine.methods.mixmatch import class_graph
-from engine.methods.mixmatch import colour_bins
-from engine.methods.mixmatch import crop_patches
-from engine.methods.mixmatch import rgb_to_lch
-from engine.methods.mixmatch import sample_patches
-from engine.methods.mixmatch import triplet_loss
-from engine.models import build_segmenter
-from engine.models import load_pretrained
-from engine.optim import make_optimizer
-from engine.train import split_state
+from segadapt import config
+from segadapt.methods import StepContext
+from segadapt.methods import build_method
+from segadapt.methods.mixmatch import class_graph
+from segadapt.methods.mixmatch import colour_bins
+from segadapt.methods.mixmatch import crop_patches
+from segadapt.methods.mixmatch import rgb_to_lch
+from segadapt.methods.mixmatch import sample_patches
+from segadapt.methods.mixmatch import triplet_loss
+from segadapt.models import build_segmenter
+from segadapt.models import load_pretrained
+from segadapt.optim import make_optimizer
+from segadapt.train import split_state
 
 
 def _mm(**changes) -> config.MixMatch:
@@ -180,7 +180,7 @@ def test_mixmatch_loss_is_the_triplet_loss_of_its_own_graph(monkeypatch):
         seen.update(mask=mask, margin=margin, q=q)
         return original(q, p, n, mask, margin)
 
-    monkeypatch.setattr("engine.methods.mixmatch.triplet_loss", spy)
+    monkeypatch.setattr("segadapt.methods.mixmatch.triplet_loss", spy)
     losses = method.train_step(_batch("labeled"), ctx)
     assert seen["margin"] == 2.1 and seen["mask"].any() and losses["loss/triplet"] > 0
     torch.testing.assert_close(seen["q"].norm(dim=1), torch.ones(len(seen["q"])))  # unit-norm pool5 features

@@ -4,13 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine import config
-from engine.methods import StepContext
-from engine.methods import build_method
-from engine.methods.supervised import draw_points
-from engine.methods.supervised import sparse_point_loss
-from engine.models import build_segmenter
-from engine.optim import make_optimizer
+from segadapt import config
+from segadapt.methods import StepContext
+from segadapt.methods import build_method
+from segadapt.methods.supervised import draw_points
+from segadapt.methods.supervised import sparse_point_loss
+from segadapt.models import build_segmenter
+from segadapt.optim import make_optimizer
 
 C = 5
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine import config
-from engine.methods import StepContext
-from engine.methods import build_method
-from engine.methods import u2pl
-from engine.models import build_segmenter
-from engine.optim import make_optimizer
+from segadapt import config
+from segadapt.methods import StepContext
+from segadapt.methods import build_method
+from segadapt.methods import u2pl
+from segadapt.models import build_segmenter
+from segadapt.optim import make_optimizer
 
 C = 5
 

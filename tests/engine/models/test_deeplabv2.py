@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.models.deeplabv2 import ASPP
-from engine.models.deeplabv2 import DeepLabV2
+from segadapt.models.deeplabv2 import ASPP
+from segadapt.models.deeplabv2 import DeepLabV2
 
 
 def _stride8_size(size: int) -> int:

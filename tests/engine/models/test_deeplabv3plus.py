@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from engine import config
-from engine.models import build_segmenter
-from engine.models.deeplabv3plus import DeepLabV3Plus
+from segadapt import config
+from segadapt.models import build_segmenter
+from segadapt.models.deeplabv3plus import DeepLabV3Plus
 
 
 def _stride4_size(size: int) -> int:

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine.models import build_discriminator
-from engine.models.discriminator import FCDiscriminator
+from segadapt.models import build_discriminator
+from segadapt.models.discriminator import FCDiscriminator
 
 
 def _halvings(size: int, times: int = 5) -> int:

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from engine.config import Model
-from engine.models import build_segmenter
-from engine.models.fcn8s import FCN8s
-from engine.models.fcn8s import bilinear_kernel
+from segadapt.config import Model
+from segadapt.models import build_segmenter
+from segadapt.models.fcn8s import FCN8s
+from segadapt.models.fcn8s import bilinear_kernel
 
 
 def _official_upsampling_weight(channels: int, kernel_size: int) -> torch.Tensor:

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from engine import config
-from engine.config import BGR_MEAN
-from engine.models import build_segmenter
-from engine.models.hypercolumn import HypercolumnNet
-from engine.models.hypercolumn import grid_from_points
+from segadapt import config
+from segadapt.config import BGR_MEAN
+from segadapt.models import build_segmenter
+from segadapt.models.hypercolumn import HypercolumnNet
+from segadapt.models.hypercolumn import grid_from_points
 
 
 def _net(**changes) -> HypercolumnNet:

@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from engine.config import Model
-from engine.models import MODELS
-from engine.models import ToySegmenter
-from engine.models import build_segmenter
+from segadapt.config import Model
+from segadapt.models import MODELS
+from segadapt.models import ToySegmenter
+from segadapt.models import build_segmenter
 
 
 def _cfg(name: str, **changes) -> Model:

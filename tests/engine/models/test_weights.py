@@ -5,10 +5,10 @@ import pickle
 import pytest
 import torch
 
-from engine.config import Model
-from engine.models import build_segmenter
-from engine.models.deeplabv2 import DeepLabV2
-from engine.models.weights import load_pretrained
+from segadapt.config import Model
+from segadapt.models import build_segmenter
+from segadapt.models.deeplabv2 import DeepLabV2
+from segadapt.models.weights import load_pretrained
 
 
 def _small(num_classes: int = 5, seed: int = 0) -> DeepLabV2:
@@ -220,7 +220,7 @@ class _VGGNet(torch.nn.Module):
 
     def __init__(self, width: int = 4, fc: int = 16, batch_norm: bool = True):
         super().__init__()
-        from engine.models.vgg import VGG16
+        from segadapt.models.vgg import VGG16
 
         self.backbone = VGG16(width=width, batch_norm=batch_norm)
         self.fc6 = torch.nn.Conv2d(8 * width, fc, 7)
@@ -230,7 +230,7 @@ class _VGGNet(torch.nn.Module):
 
 def _torchvision_vgg(width: int = 4, fc: int = 16, batch_norm: bool = True) -> dict:
     """A torchvision vgg16(_bn) state_dict at a tiny width: features.N.*, classifier.0/3/6.*."""
-    from engine.models.vgg import VGG16
+    from segadapt.models.vgg import VGG16
 
     features = {f"features.{k}": torch.rand_like(v) if v.is_floating_point() else v
                 for k, v in VGG16(width=width, batch_norm=batch_norm).features.state_dict().items()}  # fmt: skip
