@@ -136,26 +136,51 @@ class Data:
 
 
 # ------------------------------------------------------------------------------------------------------- methods
-@_frozen
-class SourceOnly:
-    name: str = "sourceonly"
+# Fields that several method sections share are written once, in a field group, and mixed into those sections. A
+# section names its own `name` default, and may re-declare a shared field for another default or a more specific
+# docstring (`field_docs` looks a field's docstring up along the class's bases). A group keeps no slots of its own
+# (`__slots__ = ()`) so that a section can mix several; the sections themselves are slotted.
+_group = dataclass(kw_only=True, frozen=True)
+
+
+@_group
+class _MethodFields:
+    __slots__ = ()
+    name: str = ""
     """Method name; selects this section's fields."""
+
+
+@_group
+class _SegLoss(_MethodFields):
+    __slots__ = ()
     align_corners: bool = True
     """align_corners of the training upsampler (`interp`); the official PyTorch >= 0.4 code passes True."""
     lambda_seg: float = 0.1
-    """Weight of the aux (conv4) segmentation loss; 0 disables the aux head's loss."""
+    """Weight of the aux (conv4) segmentation loss, LAMBDA_SEG; 0 disables the aux head's loss."""
+
+
+@_group
+class _Discriminator(_MethodFields):
+    __slots__ = ()
+    d_lr: float = 1e-4
+    """Discriminator Adam learning rate, LEARNING_RATE_D (poly-decayed like the segmenter's)."""
+    d_betas: tuple[float, float] = (0.9, 0.99)
+    """Discriminator Adam betas, optim.Adam(model_D.parameters(), betas=(0.9, 0.99))."""
+    d_width: int = 64
+    """Channels of the discriminator's first conv (official FCDiscriminator ndf = 64; doubled at each layer)."""
 
 
 @_frozen
-class Supervised:
+class SourceOnly(_SegLoss):
+    name: str = "sourceonly"
+
+
+@_frozen
+class Supervised(_SegLoss):
     name: str = "supervised"
     """Method name: trains on a labelled stream only (the oracle when that stream is the target domain)."""
-    align_corners: bool = True
-    """align_corners of the training upsampler (`interp`); the official PyTorch >= 0.4 code passes True."""
     stream: str = "target"
     """Which labelled stream to train on: "target", "labeled" or "source"."""
-    lambda_seg: float = 0.1
-    """Weight of the aux (conv4) segmentation loss."""
     sparse_points: int = 0
     """> 0: Mix-and-Match's sparse fine-tuning (Larsson's hypercolumn head): cross-entropy at this many random pixels
     per image through the segmenter's `point_logits` output instead of the dense map (official 256); 0 = dense."""
@@ -165,25 +190,14 @@ class Supervised:
 
 
 @_frozen
-class AdaptSegNet:
+class AdaptSegNet(_SegLoss, _Discriminator):
     name: str = "adaptsegnet"
-    """Method name; selects this section's fields."""
-    align_corners: bool = True
-    """align_corners of the training upsampler (`interp`); the official PyTorch >= 0.4 code passes True."""
-    lambda_seg: float = 0.1
-    """Aux (conv4) segmentation loss weight, LAMBDA_SEG."""
     lambda_adv_target1: float = 0.0002
     """Adversarial weight of the conv4 discriminator, LAMBDA_ADV_TARGET1 (0 = single-level)."""
     lambda_adv_target2: float = 0.001
     """Adversarial weight of the conv5 discriminator, LAMBDA_ADV_TARGET2."""
     gan: str = "vanilla"
     """GAN objective: "vanilla" (BCE with logits) or "ls" (least squares, MSE)."""
-    d_lr: float = 1e-4
-    """Discriminator Adam learning rate, LEARNING_RATE_D."""
-    d_width: int = 64
-    """Channels of the discriminator's first conv (official FCDiscriminator ndf = 64; doubled at each layer)."""
-    d_betas: tuple[float, float] = (0.9, 0.99)
-    """Discriminator Adam betas."""
     d_upsample_output: bool = False
     """False: BCE on the discriminator's 1/32 map (official code); True: upsample it to input size (paper)."""
     source_label: int = 0
@@ -194,9 +208,8 @@ class AdaptSegNet:
 
 # <advsemiseg section: owned by the AdvSemiSeg work>
 @_frozen
-class AdvSemiSeg:
+class AdvSemiSeg(_Discriminator):
     name: str = "advsemiseg"
-    """Method name; selects this section's fields."""
     align_corners: bool = True
     """align_corners of the `interp` upsampler (logits and D output to input size); train.py passes True on
     PyTorch >= 0.4 (older PyTorch behaved the same)."""
@@ -215,12 +228,6 @@ class AdvSemiSeg:
     """Step from which the unlabelled branch runs at all, SEMI_START_ADV."""
     d_remain: bool = True
     """D_REMAIN: the discriminator's fake batch also holds the unlabelled predictions (when that branch ran)."""
-    d_lr: float = 1e-4
-    """Discriminator Adam learning rate, LEARNING_RATE_D (poly-decayed like the segmenter's)."""
-    d_betas: tuple[float, float] = (0.9, 0.99)
-    """Discriminator Adam betas, optim.Adam(model_D.parameters(), betas=(0.9, 0.99))."""
-    d_width: int = 64
-    """Channels of the discriminator's first conv (official FCDiscriminator ndf = 64; doubled at each layer)."""
     pred_label: int = 0
     """D target of predicted (fake) maps, pred_label."""
     gt_label: int = 1
@@ -229,9 +236,8 @@ class AdvSemiSeg:
 
 # <u2pl section: owned by the U2PL work>
 @_frozen
-class U2PL:
+class U2PL(_MethodFields):
     name: str = "u2pl"
-    """Method name; selects this section's fields."""
     align_corners: bool = True
     """align_corners of every training upsampler (official F.interpolate(..., align_corners=True))."""
     ema_decay: float = 0.99
@@ -290,9 +296,8 @@ class U2PL:
 
 # <lsdseg section: owned by the LSD-seg work>
 @_frozen
-class LSDSeg:
+class LSDSeg(_MethodFields):
     name: str = "lsdseg"
-    """Method name; selects this section's fields."""
     l1_weight: float = 1.0
     """Weight of the generator's L1 reconstruction loss (both domains, images in [0, 1]), --l1_weight."""
     adv_weight: float = 0.1
@@ -323,7 +328,7 @@ class LSDSeg:
 
 # <mixmatch sections: owned by the Mix-and-Match work>
 @_frozen
-class Colorization:
+class Colorization(_MethodFields):
     name: str = "colorization"
     """Method name: Mix-and-Match stage 1, self-supervised colorization pre-training."""
     points: int = 128
@@ -338,7 +343,7 @@ class Colorization:
 
 
 @_frozen
-class MixMatch:
+class MixMatch(_MethodFields):
     name: str = "mixmatch"
     """Method name: Mix-and-Match stage 2, patch sampling + class-wise graph + triplet loss."""
     patches_per_image: int = 9
@@ -726,8 +731,10 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------------------- field docs
 def field_docs() -> dict[str, str]:
-    """Map `Class.field` to the docstring written under the field in this file."""
-    tree = ast.parse(inspect.getsource(sys.modules[__name__]))
+    """Map `Class.field` to the docstring written under the field in this file; a field a class inherits from a field
+    group has the docstring of the nearest class along its bases that declares one."""
+    module = sys.modules[__name__]
+    tree = ast.parse(inspect.getsource(module))
     docs: dict[str, str] = {}
     for node in tree.body:
         if not isinstance(node, ast.ClassDef):
@@ -742,6 +749,14 @@ def field_docs() -> dict[str, str]:
                 and isinstance(second.value.value, str)
             ):
                 docs[f"{node.name}.{first.target.id}"] = " ".join(second.value.value.split())
+    for node in tree.body:
+        cls = getattr(module, node.name, None) if isinstance(node, ast.ClassDef) else None
+        for name in getattr(cls, "__dataclass_fields__", ()):
+            for base in cls.__mro__:
+                doc = docs.get(f"{base.__name__}.{name}")
+                if doc:
+                    docs.setdefault(f"{cls.__name__}.{name}", doc)
+                    break
     return docs
 
 

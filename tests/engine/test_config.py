@@ -73,3 +73,29 @@ def test_override_syntax_errors():
     with pytest.raises(ConfigError, match="dotted.key=value"):
         config.parse_override("train.seed")
     assert config.parse_override("train.run_dir=runs/x") == ("train.run_dir", "runs/x")
+
+
+def test_no_field_is_copied_between_sections():
+    """A field declared with the same type, default and docstring in two classes is a copy: it belongs in a field
+    group (issue 15 point 6). Inherited fields keep their docstring for --help."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(config))
+    seen: dict[str, str] = {}
+    copies = []
+    for node in tree.body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        body = node.body
+        for first, second in zip(body, body[1:], strict=False):
+            if isinstance(first, ast.AnnAssign) and isinstance(second, ast.Expr):
+                key = ast.dump(first) + ast.dump(second)
+                if key in seen:
+                    copies.append(f"{seen[key]} and {node.name}.{first.target.id}")
+                seen.setdefault(key, f"{node.name}.{first.target.id}")
+    assert not copies
+    docs = config.field_docs()
+    assert docs["AdaptSegNet.d_betas"] == docs["AdvSemiSeg.d_betas"] == docs["_Discriminator.d_betas"]
+    assert docs["SourceOnly.name"] == "Method name; selects this section's fields."
+    assert config.AdaptSegNet().d_width == 64 and config.AdaptSegNet().lambda_seg == 0.1
