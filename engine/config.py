@@ -394,6 +394,9 @@ class Optim:
     """Learning-rate multiplier of the classifier heads (official: 10x)."""
     fused: str = "auto"
     """Fused optimizer kernels: "auto" (where the device has them), "on" or "off"."""
+    official_repeated_groups: bool = False
+    """Official quirk (AdaptSegNet, AdvSemiSeg): the backbone SGD group lists each parameter as often as
+    get_1x_lr_params_NOscale yields it (Bottleneck convs 3x, downsample convs 4x), and SGD steps it once per listing."""
 
 
 @_frozen

@@ -16,6 +16,15 @@ Segmenter SGD 2.5e-4 (heads 10x); discriminators Adam 1e-4 betas (0.9, 0.99); po
 | `interp` upsampler with align_corners=True (PyTorch >= 0.4 copy) | method.align_corners                |
 | single-level: lambda_seg = lambda_adv_target1 = 0               | method.lambda_* (recipe variants)   |
 | LS-GAN (`--gan LS`): MSE instead of BCE                          | method.gan = "ls"                   |
+| backbone SGD group repeats parameters (get_1x_lr_params_NOscale, | optim.official_repeated_groups      |
+| model/deeplab_multi.py:185): Bottleneck convs 3x, downsample 4x   | (engine/optim.py)                   |
+The repeated group (issue 17.1): `get_1x_lr_params_NOscale` walks `modules()` and calls the recursive `parameters()`
+on each, and torch.optim.SGD updates a parameter once per listing, so every published number was trained with a
+backbone step ~3x the stated lr (head/backbone ~3.3, not 10) and momentum accumulated per listing. segadapt runs
+torch.optim.SGD's single-tensor path over the same lists (engine/optim.py RepeatedGroupSGD). PyTorch 0.4, the
+official environment, differed once more: its SGD added weight decay into `p.grad` in place, so the second listing
+saw the gradient plus decay twice (compounding per listing), and the momentum buffer lived in `state[p]` from the
+first listing on; segadapt reproduces the current torch.optim.SGD (what the parity scripts run), not that.
 Differences that do not change the math: one Adam over both discriminators (Adam is per-parameter, so this equals
 the official two optimizers); the discriminator loss is backpropagated once per domain instead of once per level.
 """

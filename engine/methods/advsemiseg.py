@@ -28,6 +28,8 @@ code round-trips through numpy every step.
 | README lambda_adv_pred 0.01; the code default LAMBDA_ADV_PRED is 0.1     | method.lambda_adv_pred (default 0.01) |
 | no confident pixel in the batch (semi_ratio == 0): nothing of the        | reproduced: L_semi_adv is multiplied  |
 | unlabelled branch is backpropagated, L_semi_adv included                 | by "any pixel confident" (no sync)    |
+| backbone SGD group repeats parameters (get_1x_lr_params_NOscale,        | optim.official_repeated_groups        |
+| model/deeplab.py:179): Bottleneck convs 3x, downsample convs 4x          | (engine/optim.py; as AdaptSegNet)     |
 Deviations (no effect on the expected gradient): the real one-hot maps are the labelled batch's own labels, where the
 official code draws a second batch of the same labelled subset from `trainloader_gt` (same distribution, one decode
 less); the partial split is drawn by the data streams (fraction / split_seed / complement, ids in run_dir/splits/)

@@ -91,9 +91,15 @@ def frozen(*modules: nn.Module) -> Iterator[None]:
 
 
 def segmenter_groups(model: nn.Module, optim: Optim) -> list[dict]:
-    """Backbone at the base lr, classifier heads at `head_lr_mult` (official: 10x), as `adjust_learning_rate` does."""
+    """Backbone at the base lr, classifier heads at `head_lr_mult` (official: 10x), as `adjust_learning_rate` does.
+
+    With `optim.official_repeated_groups` the backbone group repeats parameters as the official one does.
+    """
+    from segadapt.optim import official_repeated_backbone  # here: segadapt.optim imports this module
+
+    backbone = official_repeated_backbone(model) if optim.official_repeated_groups else model.backbone_parameters()
     return [
-        {"params": list(model.backbone_parameters()), "lr_mult": 1.0, "name": "backbone"},
+        {"params": list(backbone), "lr_mult": 1.0, "name": "backbone"},
         {"params": list(model.head_parameters()), "lr_mult": optim.head_lr_mult, "name": "head"},
     ]
 

@@ -95,3 +95,10 @@ def test_unknown_gan_is_named():
     cfg = config.load_dict({"model": {"name": "toy"}, "method": {"name": "adaptsegnet", "gan": "wgan"}}, "t.toml")
     with pytest.raises(ValueError, match="method.gan"):
         build_method(build_segmenter(cfg.model), cfg)
+
+
+@pytest.mark.parametrize("recipe", ["adaptseg_gta2cs", "adaptseg_gta2cs_lsgan", "adaptseg_gta2cs_single",
+                                    "adaptseg_synthia2cs"])  # fmt: skip
+def test_paper_recipes_use_the_official_repeated_backbone_group(recipe):
+    # wasidennis/AdaptSegNet model/deeplab_multi.py:185-207 get_1x_lr_params_NOscale, optim_parameters (:222-224)
+    assert config.load(recipe).optim.official_repeated_groups is True

@@ -255,3 +255,9 @@ def test_d_remain_needs_equal_sizes():
     method, ctx = _method()
     with pytest.raises(ValueError, match="data.labeled and data.unlabeled"):
         method.train_step(batch, ctx)
+
+
+@pytest.mark.parametrize("recipe", ["advsemi_voc_1_8", "advsemi_voc_1_4", "advsemi_voc_1_2", "advsemi_voc_full"])
+def test_paper_recipes_use_the_official_repeated_backbone_group(recipe):
+    # hfslyc/AdvSemiSeg model/deeplab.py:179-202 get_1x_lr_params_NOscale, train.py optim.SGD(optim_parameters(args))
+    assert config.load(recipe).optim.official_repeated_groups is True
