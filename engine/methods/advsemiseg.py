@@ -30,6 +30,8 @@ code round-trips through numpy every step.
 | unlabelled branch is backpropagated, L_semi_adv included                 | by "any pixel confident" (no sync)    |
 | backbone SGD group repeats parameters (get_1x_lr_params_NOscale,        | optim.official_repeated_groups        |
 | model/deeplab.py:179): Bottleneck convs 3x, downsample convs 4x          | (engine/optim.py; as AdaptSegNet)     |
+| input RGB after the BGR mean: voc_dataset.py:55,74 subtracts IMG_MEAN    | data.channel_order = "rgb", data.mean |
+| from the cv2 (BGR) image, then `[:, :, ::-1]` ("change to BGR") -> RGB   | = IMG_MEAN reversed (paper recipes)   |
 Deviations (no effect on the expected gradient): the real one-hot maps are the labelled batch's own labels, where the
 official code draws a second batch of the same labelled subset from `trainloader_gt` (same distribution, one decode
 less); the partial split is drawn by the data streams (fraction / split_seed / complement, ids in run_dir/splits/)

@@ -261,3 +261,19 @@ def test_d_remain_needs_equal_sizes():
 def test_paper_recipes_use_the_official_repeated_backbone_group(recipe):
     # hfslyc/AdvSemiSeg model/deeplab.py:179-202 get_1x_lr_params_NOscale, train.py optim.SGD(optim_parameters(args))
     assert config.load(recipe).optim.official_repeated_groups is True
+
+
+@pytest.mark.parametrize("recipe", ["advsemi_voc_1_8", "advsemi_voc_1_4", "advsemi_voc_1_2", "advsemi_voc_full"])
+def test_paper_recipes_feed_the_official_rgb_after_mean_input(recipe):
+    """hfslyc/AdvSemiSeg dataset/voc_dataset.py:49,54-55,74 (VOCDataSet; evaluate_voc.py reads through it too):
+    cv2.imread gives BGR, IMG_MEAN (train.py:31, float32, B G R) is subtracted, then `image[:, :, ::-1]` ("change
+    to BGR") reverses the channels: the network sees (R - 122.68, G - 116.67, B - 104.01)."""
+    from segadapt.data.batch import normalize
+
+    rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    img_mean = np.array((104.00698793, 116.66876762, 122.67891434), dtype=np.float32)
+    bgr = np.asarray(rgb[:, :, ::-1], np.float32)  # what cv2.imread returns
+    bgr -= img_mean
+    official = bgr[:, :, ::-1].transpose((2, 0, 1))
+    ours = normalize(torch.from_numpy(rgb)[None], config.load(recipe).data, "cpu")[0]
+    assert torch.equal(ours, torch.from_numpy(official.copy()))
