@@ -16,6 +16,8 @@ from torch import Tensor
 
 from segadapt.config import Data
 from segadapt.config import Stream
+from segadapt.data.torch_loader import IGNORE
+from segadapt.data.torch_loader import PAD_LABEL
 from segadapt.data.torch_loader import StreamLoader
 
 STREAM_NAMES = ("source", "target", "labeled", "unlabeled", "val")
@@ -66,14 +68,20 @@ def normalize(image: Tensor, data: Data, device: torch.device | str) -> Tensor:
 def to_batch(raw: dict[str, Tensor], data: Data, device: torch.device | str) -> dict[str, Tensor]:
     """A raw loader batch as a training batch on `device`.
 
+    Pixels the crop padded (raw label `PAD_LABEL`) become 0 in the normalised image and 255 in the label: the official
+    loaders pad after the mean subtraction (AdvSemiSeg dataset/voc_dataset.py:55-62, U2PL's Crop after Normalize),
+    so the network sees the mean colour there, not black minus the mean.
+
     Args:
-        raw: {"image": (N, H, W, 3) uint8, "label": (N, H, W) uint8}.
+        raw: {"image": (N, H, W, 3) uint8, "label": (N, H, W) uint8, PAD_LABEL where padded}.
 
     Returns:
         {"image": (N, 3, H, W) float32 channels-last, "label": (N, H, W) int64}.
     """
     label = raw["label"].to(device, non_blocking=True).to(torch.int64)
-    return {"image": normalize(raw["image"], data, device), "label": label}
+    pad = label == PAD_LABEL
+    image = normalize(raw["image"], data, device).masked_fill_(pad[:, None], 0.0)
+    return {"image": image, "label": label.masked_fill_(pad, IGNORE)}
 
 
 # ------------------------------------------------------------------------------------------------- synthetic

@@ -3,8 +3,9 @@
 Three `@pipeline_def` graphs cover every input pipeline the recipes use:
 
 * `resize_pipeline`: decode, labels to trainIds, resize to `stream.resize` (AdaptSegNet's GTA5/Cityscapes loaders).
-* `augment_pipeline`: the above, then random scale, random crop (image padded with 0, label with 255) and random
-  horizontal flip (AdvSemiSeg, U2PL).
+* `augment_pipeline`: the above, then random scale, random crop (image padded with 0, label with
+  `torch_loader.PAD_LABEL`, which `to_batch` turns into the mean colour and ignore) and random horizontal flip
+  (AdvSemiSeg, U2PL).
 * `eval_pipeline`: decode, image resized to the evaluation input size, label kept at native size.
 
 Samples come in through one `fn.external_source` fed by `_Feed`, which walks the torch loader's own per-epoch
@@ -147,7 +148,7 @@ def augment_pipeline(feed: Any, *, stream: Stream, lut: np.ndarray, decode_devic
         decode_device: "mixed" or "cpu".
 
     Returns:
-        image (N, H, W, 3) uint8 and label (N, H, W, 1) uint8 trainIds (255 where the crop padded).
+        image (N, H, W, 3) uint8 and label (N, H, W, 1) uint8 trainIds (PAD_LABEL where the crop padded).
     """
     encoded, raw_label, scaled_hw, anchor_xy, flip = fn.external_source(
         source=feed, num_outputs=5, batch=True, layout=["", "HWC", "", "", ""]
@@ -160,7 +161,9 @@ def augment_pipeline(feed: Any, *, stream: Stream, lut: np.ndarray, decode_devic
     if stream.crop[0] > 0 and stream.crop[1] > 0:
         shape = np.array(stream.crop, dtype=np.int32)
         image = fn.slice(image, anchor_xy, shape, axis_names="WH", out_of_bounds_policy="pad", fill_values=0)
-        label = fn.slice(label, anchor_xy, shape, axis_names="WH", out_of_bounds_policy="pad", fill_values=255)
+        label = fn.slice(
+            label, anchor_xy, shape, axis_names="WH", out_of_bounds_policy="pad", fill_values=torch_loader.PAD_LABEL
+        )
     if stream.flip:
         image = fn.flip(image, horizontal=flip)
         label = fn.flip(label, horizontal=flip)

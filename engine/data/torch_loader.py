@@ -1,8 +1,10 @@
 """The PyTorch input pipeline: the fallback beside DALI, with the same steps in the same order.
 
 Per sample: read -> resize to `stream.resize` (bicubic image, nearest label) -> random scale in `scale_range`
-(bilinear image, nearest label) -> random crop (image padded with 0, label with 255 at the bottom and right, as
-AdvSemiSeg pads) -> random horizontal flip. Labels are only ever resampled with nearest neighbour.
+(bilinear image, nearest label) -> random crop (padded at the bottom and right, as AdvSemiSeg pads; the label is
+padded with `PAD_LABEL`, which `segadapt.data.batch.to_batch` turns into image 0 after the mean subtraction and label
+255: every official loader pads after normalising, so a pad pixel is the mean colour, not black) -> random horizontal
+flip. Labels are only ever resampled with nearest neighbour.
 
 All randomness of a sample comes from `numpy.random.Generator(PCG64(rng_seed))`, and `rng_seed` is derived from
 (seed, stream name, epoch, position in the epoch's permutation), so a sample looks the same in any process, under
@@ -29,6 +31,10 @@ from segadapt.data.datasets import read_image
 from segadapt.data.datasets import read_label
 
 IGNORE = 255
+PAD_LABEL = 254
+"""Raw-label value of a pixel the crop padded (no trainId or ignore id takes it): to_batch sets the normalised image
+to 0 there (AdvSemiSeg voc_dataset.py:59-62 and U2PL augmentation.py Crop pad after the mean subtraction) and the
+label to 255."""
 
 
 # --------------------------------------------------------------------------------------------------- transform
@@ -41,13 +47,13 @@ def _resize(image: np.ndarray, label: np.ndarray, size: tuple[int, int], image_f
 
 
 def _pad_crop(image: np.ndarray, label: np.ndarray, crop: tuple[int, int], anchor: tuple[int, int]) -> tuple:
-    """Pad bottom/right to at least the crop (image 0, label 255), then cut the window whose top-left is anchor."""
+    """Pad bottom/right to at least the crop (image 0, label PAD_LABEL), then cut the window with top-left anchor."""
     crop_w, crop_h = crop
     height, width = label.shape
     pad_h, pad_w = max(crop_h - height, 0), max(crop_w - width, 0)
     if pad_h or pad_w:
         image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), constant_values=0)
-        label = np.pad(label, ((0, pad_h), (0, pad_w)), constant_values=IGNORE)
+        label = np.pad(label, ((0, pad_h), (0, pad_w)), constant_values=PAD_LABEL)
     x0, y0 = anchor
     return image[y0 : y0 + crop_h, x0 : x0 + crop_w], label[y0 : y0 + crop_h, x0 : x0 + crop_w]
 

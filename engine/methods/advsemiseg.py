@@ -17,8 +17,8 @@ upsampled output is the segmenter's adversarial target on labelled and unlabelle
   4. Step the segmenter (SGD 2.5e-4, heads 10x, poly 0.9) and D (Adam 1e-4, betas (0.9, 0.99), poly 0.9).
 Every BCE is the fused kernels.upsample_bce op (interp + BCE with a 255 mask, mean over valid pixels; it also
 returns sigmoid(D_out) for T_semi); CE is kernels.upsample_cross_entropy on the stride-8 logits (the same math as CE
-on interp(logits)); pseudo-labels and the one-hot come from segadapt.kernels.pseudo_label on the device, where the official
-code round-trips through numpy every step.
+on interp(logits)); pseudo-labels and the one-hot come from segadapt.kernels.pseudo_label on the device, where the
+official code round-trips through numpy every step.
 
 | official behaviour                                                       | switch / note                         |
 |--------------------------------------------------------------------------|---------------------------------------|
@@ -32,6 +32,8 @@ code round-trips through numpy every step.
 | model/deeplab.py:179): Bottleneck convs 3x, downsample convs 4x          | (engine/optim.py; as AdaptSegNet)     |
 | input RGB after the BGR mean: voc_dataset.py:55,74 subtracts IMG_MEAN    | data.channel_order = "rgb", data.mean |
 | from the cv2 (BGR) image, then `[:, :, ::-1]` ("change to BGR") -> RGB   | = IMG_MEAN reversed (paper recipes)   |
+| crop pad after the mean subtraction (voc_dataset.py:59-62): 0 at the     | always (data/batch.py to_batch; U2PL  |
+| network, the mean colour                                                 | pads so too); label 255               |
 Deviations (no effect on the expected gradient): the real one-hot maps are the labelled batch's own labels, where the
 official code draws a second batch of the same labelled subset from `trainloader_gt` (same distribution, one decode
 less); the partial split is drawn by the data streams (fraction / split_seed / complement, ids in run_dir/splits/)

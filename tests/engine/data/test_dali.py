@@ -17,6 +17,7 @@ from segadapt.config import Stream  # noqa: E402
 from segadapt.data import dali  # noqa: E402
 from segadapt.data import synthshift  # noqa: E402
 from segadapt.data import torch_loader  # noqa: E402
+from segadapt.data.torch_loader import PAD_LABEL  # noqa: E402
 
 FORMATS = ("gta5", "cityscapes", "synthia", "voc")
 NATIVE = (64, 36)  # (W, H); odd-ish sizes so every resize is non-integer
@@ -68,13 +69,13 @@ def test_native_size_is_bit_exact(tree, dataset):
 
 
 def test_crop_pad_and_flip_share_parameters_exactly(tree):
-    """Crop larger than the image (pads 0 / 255 at bottom-right) plus random flip: bit-exact against torch."""
+    """Crop larger than the image (pads 0 / PAD_LABEL at bottom-right) plus random flip: bit-exact against torch."""
     stream = _stream(tree, "cityscapes", crop=(72, 40), flip=True)
     flipped = 0
     for want, got in _pairs(stream, 4):
         assert torch.equal(got["image"], want["image"]) and torch.equal(got["label"], want["label"])
-        assert (got["label"][:, NATIVE[1] :] == 255).all() and (got["image"][:, :, :0].numel() == 0)
-        flipped += int((got["label"][:, :, :8] == 255).all())  # a flipped pad lands on the left
+        assert (got["label"][:, NATIVE[1] :] == PAD_LABEL).all() and (got["image"][:, :, :0].numel() == 0)
+        flipped += int((got["label"][:, :, :8] == PAD_LABEL).all())  # a flipped pad lands on the left
     assert 0 < flipped < 8, f"expected some but not all of 8 samples flipped, got {flipped}"
 
 

@@ -14,6 +14,7 @@ from segadapt.data.batch import Streams
 from segadapt.data.batch import normalize
 from segadapt.data.batch import to_batch
 from segadapt.data.datasets import list_samples
+from segadapt.data.torch_loader import PAD_LABEL
 from segadapt.data.torch_loader import StreamLoader
 from segadapt.data.torch_loader import epoch_indices
 from segadapt.data.torch_loader import eval_samples
@@ -68,13 +69,33 @@ def test_flip_and_determinism():
     assert not np.array_equal(again[1], transform(image, label, AUGMENT, 6)[1])
 
 
-def test_crop_pads_label_with_ignore_and_image_with_zero():
+def test_crop_marks_the_pad_in_the_raw_label():
     image, label = _blocks(width=20, height=10)
     out_image, out_label = transform(image, label, Stream(dataset="gta5", crop=(32, 16)), 0)
     assert out_label.shape == (16, 32)
     np.testing.assert_array_equal(out_label[:10, :20], label)
-    assert (out_label[10:] == 255).all() and (out_label[:, 20:] == 255).all()
-    assert (out_image[10:] == 0).all() and (out_image[:, 20:] == 0).all()
+    assert (out_label[10:] == PAD_LABEL).all() and (out_label[:, 20:] == PAD_LABEL).all()
+    assert PAD_LABEL not in label
+
+
+def test_pad_is_the_mean_colour_at_the_network_as_the_official_loader_pads():
+    """hfslyc/AdvSemiSeg dataset/voc_dataset.py:54-74 (VOCDataSet.__getitem__): image -= IMG_MEAN, then
+    cv2.copyMakeBorder(image, 0, pad_h, 0, pad_w, BORDER_CONSTANT, value=0) and the label with 255, crop, reverse the
+    channels; so a pad pixel is 0 at the network (the mean colour), a real pixel x - mean."""
+    image, label = _blocks(width=20, height=10)
+    mean = np.array((104.00698793, 116.66876762, 122.67891434), dtype=np.float32)  # IMG_MEAN, B G R
+    bgr = np.asarray(image[:, :, ::-1], np.float32) - mean
+    official = np.zeros((16, 32, 3), np.float32)  # copyMakeBorder to the 32x16 crop, value 0; anchor (0, 0)
+    official[:10, :20] = bgr
+    official_label = np.full((16, 32), 255, np.uint8)
+    official_label[:10, :20] = label
+    official = official[:, :, ::-1].transpose(2, 0, 1)  # "change to BGR": RGB
+    out_image, out_label = transform(image, label, Stream(dataset="gta5", crop=(32, 16)), 0)
+    data = Data(channel_order="rgb", mean=tuple(mean[::-1].tolist()))
+    raw = {"image": torch.from_numpy(out_image)[None], "label": torch.from_numpy(out_label)[None]}
+    batch = to_batch(raw, data, "cpu")
+    assert torch.equal(batch["image"][0], torch.from_numpy(official.copy()))
+    assert torch.equal(batch["label"][0], torch.from_numpy(official_label).long())
 
 
 def test_resize_uses_nearest_for_labels():
