@@ -190,12 +190,21 @@ def list_samples(stream: Stream) -> list[Sample]:
     return draw_subset(samples, stream)
 
 
+def _fraction_count(stream: Stream, total: int) -> int:
+    if stream.fraction_rounding == "floor":
+        return int(stream.fraction * total)  # AdvSemiSeg train.py:253 partial_size = int(args.partial_data * N)
+    if stream.fraction_rounding == "nearest":
+        return round(stream.fraction * total)
+    raise ValueError(f'stream fraction_rounding = {stream.fraction_rounding!r}: expected "floor" or "nearest"')
+
+
 def draw_subset(samples: list[Sample], stream: Stream) -> list[Sample]:
     """Apply the stream's partial-data draw: `count` or `fraction` of `samples`, or the rest when `complement`.
 
     The draw is a permutation of the id-sorted samples seeded by `split_seed` (numpy PCG64, the same on every
-    machine), of which the first `count` (else round(fraction * n), at least 1) are taken, as AdvSemiSeg shuffles its
-    train ids and keeps the first `partial_size`. A labelled stream and its `complement` with equal settings split
+    machine), of which the first `count` are taken (else fraction * n, floored as AdvSemiSeg's `int(p * N)` under
+    `fraction_rounding = "floor"`, rounded under "nearest"; at least 1), as AdvSemiSeg shuffles its train ids and
+    keeps the first `partial_size`. A labelled stream and its `complement` with equal settings split
     the images exactly. The result is sorted by id. Raises ValueError naming the key when the draw is empty.
     """
     if stream.count < 0 or not 0.0 < stream.fraction <= 1.0:
@@ -207,7 +216,7 @@ def draw_subset(samples: list[Sample], stream: Stream) -> list[Sample]:
     if whole and not stream.complement:
         return samples
     total = len(samples)
-    keep = stream.count if stream.count else max(1, round(stream.fraction * total))
+    keep = stream.count if stream.count else max(1, _fraction_count(stream, total))
     if keep > total:
         raise ValueError(f"count = {keep} but only {total} images are listed under {stream.root} ({stream.split})")
     order = np.random.Generator(np.random.PCG64(stream.split_seed)).permutation(total)

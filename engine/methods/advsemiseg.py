@@ -34,6 +34,7 @@ official code round-trips through numpy every step.
 | from the cv2 (BGR) image, then `[:, :, ::-1]` ("change to BGR") -> RGB   | = IMG_MEAN reversed (paper recipes)   |
 | crop pad after the mean subtraction (voc_dataset.py:59-62): 0 at the     | always (data/batch.py to_batch; U2PL  |
 | network, the mean colour                                                 | pads so too); label 255               |
+| partial split size int(p * N) (train.py:253): 1322 of 10582 at 1/8      | data.*.fraction_rounding = "floor"    |
 Deviations (no effect on the expected gradient): the real one-hot maps are the labelled batch's own labels, where the
 official code draws a second batch of the same labelled subset from `trainloader_gt` (same distribution, one decode
 less); the partial split is drawn by the data streams (fraction / split_seed / complement, ids in run_dir/splits/)

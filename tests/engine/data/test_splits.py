@@ -74,3 +74,22 @@ def test_the_trainer_records_the_drawn_ids(tmp_path):
     unlabeled = (tmp_path / "run" / "splits" / "unlabeled.txt").read_text().split()
     assert labeled == [s.id for s in list_samples(cfg.data.labeled)] and len(labeled) == 2
     assert sorted(labeled + unlabeled) == [f"{i:05d}" for i in range(8)]
+
+
+@pytest.mark.parametrize(("fraction", "official"), [(0.125, 1322), (0.25, 2645), (0.5, 5291)])
+def test_floor_rounding_is_the_official_partial_size(fraction, official):
+    # hfslyc/AdvSemiSeg train.py:253 partial_size = int(args.partial_data * train_dataset_size), train_aug 10,582
+    samples = _samples(10582)
+    floor = Stream(dataset="voc", fraction=fraction, fraction_rounding="floor")
+    assert len(draw_subset(samples, floor)) == official == int(fraction * 10582)
+    rest = draw_subset(samples, Stream(dataset="voc", fraction=fraction, fraction_rounding="floor", complement=True))
+    assert len(rest) == 10582 - official  # train_ids[partial_size:]
+    assert len(draw_subset(samples, Stream(dataset="voc", fraction=fraction))) == round(fraction * 10582)
+    with pytest.raises(ValueError, match="fraction_rounding = 'up'"):
+        draw_subset(samples, Stream(dataset="voc", fraction=fraction, fraction_rounding="up"))
+
+
+@pytest.mark.parametrize("recipe", ["advsemi_voc_1_8", "advsemi_voc_1_4", "advsemi_voc_1_2"])
+def test_advsemi_paper_recipes_cut_the_split_as_the_official_code(recipe):
+    data = config.load(recipe).data
+    assert data.labeled.fraction_rounding == data.unlabeled.fraction_rounding == "floor"
