@@ -257,6 +257,11 @@ class U2PL(_MethodFields):
     off (parameters only; the teacher's statistics were gathered by its own train-mode forwards of its initial
     weights, harmless with a pretrained backbone). From scratch those statistics belong to untrained weights and the
     first pseudo-labels are noise that drags the student down (measured on the synthshift demo), so the demo sets it."""
+    onehot: str = "official"
+    """One-hot maps fed to the contrastive loss. "official": the official `label_onehot` (u2pl/utils/utils.py:50-59)
+    scatters along dim 0 with a (B, 1, H, W) index, so per half-batch and per rank image 0 holds the union of the
+    half's labels (ignore counted as class 0 where image 0 is valid) and images 1..B-1 stay all zero; every published
+    U2PL number ran with it. "true": a one-hot per image, what the paper describes."""
     steps_per_epoch: int = 0
     """Official epoch length in steps (len(loader_l)); > 0 makes the unreliable share and alpha_t decay once per
     epoch (epoch / epochs, as the official code) instead of every step (step / total_steps)."""

@@ -26,15 +26,22 @@ Official code: github.com/Haochen-Wang409/U2PL, `train_semi.py` (`train`), `u2pl
 |------------------------------------------------------------------------------|-----------------------------------|
 | teacher copy inside the iteration loop: teacher = student for a whole epoch  | method.teacher_copy_steps         |
 | `epoch / epochs` decay of the unreliable share and alpha_t (per epoch)        | method.steps_per_epoch            |
-| negatives need (pseudo-)label == class (one-hot x high mask, U2PL#171): the  | always (official); so a pixel is  |
-|   labelled part never contributes, unlabeled ones only via CutMix/mode gaps   |   a key for at most one class     |
+| negatives need (pseudo-)label == class (one-hot x high mask, U2PL#171): the  | always (official); labelled rows  |
+|   labelled part never contributes, unlabeled ones only via CutMix/mode gaps   |   are not enqueued                |
 | i-th valid class pairs anchors/prototype of class i with the queue of        | always (official), see            |
 |   valid_classes[i] (the per-class lists are indexed by the enumeration)       |   `contrastive_slots`             |
 | contrastive loss 0 when at most one class is present                         | same                              |
+| `label_onehot` (utils.py:50) scatters along dim 0 with a (B, 1, H, W) index: | method.onehot = "official" (paper |
+|   per half-batch and rank, image 0 holds the union of the half's classes     |   recipes; "true" = per-image     |
+|   (255 -> class 0 where image 0 is valid), images 1..B-1 are all zero; so    |   one-hot); keys of a pixel go to |
+|   only image 0 of each half gives anchors / prototypes, only the first       |   several queues, pixel-major     |
+|   unlabeled image gives negatives, and one pixel can be a key for several    |   (`negative_slots`)              |
+|   classes                                                                    |                                   |
 | validation uses the student during sup-only epochs, then the teacher         | `eval_model()`                    |
 Deviations (no effect on the math unless stated): the memory bank lives on the device as ring buffers
-(kernels.memory_queue) and is checkpointed (the official CPU list is not saved); every pixel is enqueued with class
--1 where it is no negative, so the all-gather has a fixed size; percentiles are computed on the device
+(kernels.memory_queue) and is checkpointed (the official CPU list is not saved); every unlabeled pixel (with the
+official maps: the first unlabeled image's, in min(C, #unlabeled) class slots) is enqueued with class -1 where it is
+no negative, so the all-gather has a fixed size; percentiles are computed on the device
 (kernels.entropy_percentile, exact log-softmax entropy instead of -sum p log(p + 1e-10)); #kept is clamped at 1 (the
 official divides by 0 when every pixel is dropped); randomness (CutMix, anchors, negatives) comes from torch's
 device generator, so the trainer's RNG checkpoint makes resumes exact.
@@ -55,18 +62,18 @@ from segadapt import distributed
 from segadapt.config import U2PL as U2PLConfig
 from segadapt.config import Config
 from segadapt.config import Optim
-from segadapt.methods.base import Method
-from segadapt.methods.base import OptimizerSpec
-from segadapt.methods.base import StepContext
-from segadapt.methods.base import segmenter_optimizer
-from segadapt.methods.losses import seg_loss
-from segadapt.methods.losses import upsample
 from segadapt.kernels.entropy_percentile import entropy_percentile
 from segadapt.kernels.memory_queue import MemoryQueue
 from segadapt.kernels.memory_queue import u2pl_lengths
 from segadapt.kernels.pseudo_label import one_hot_labels
 from segadapt.kernels.pseudo_label import pseudo_label
 from segadapt.kernels.upsample_cross_entropy import upsample_cross_entropy
+from segadapt.methods.base import Method
+from segadapt.methods.base import OptimizerSpec
+from segadapt.methods.base import StepContext
+from segadapt.methods.base import segmenter_optimizer
+from segadapt.methods.losses import seg_loss
+from segadapt.methods.losses import upsample
 
 IGNORE = 255
 
@@ -158,6 +165,37 @@ def class_ranks(prob: Tensor) -> Tensor:
     return ranks.scatter_(1, order, positions)
 
 
+def official_label_onehot(label: Tensor, num_classes: int) -> Tensor:
+    """The official `label_onehot` (u2pl/utils/utils.py:50-59), applied to one half-batch of one rank.
+
+    `outputs` is (C, B, H, W) and `outputs.scatter_(0, label.unsqueeze(1), 1.0)` takes a (B, 1, H, W) index: entry
+    [b, 0, h, w] writes outputs[label[b, h, w], 0, h, w], so every image writes into image 0. Ignore (255) was set to
+    0 before the scatter, and `outputs[:, label == 255] = 0` clears only the positions where that image is ignored.
+    Hence image 0 holds, at each pixel where it is not ignored, the union of the half's classes there (class 0 for a
+    pixel another image ignores), and images 1..B-1 are all zero.
+
+    Args:
+        label: (B, H, W) int64, 255 = ignore.
+
+    Returns:
+        (B, C, H, W) bool.
+    """
+    ignore = label == IGNORE
+    classes = torch.arange(num_classes, device=label.device).view(1, num_classes, 1, 1)
+    union = (torch.where(ignore, 0, label)[:, None] == classes).any(dim=0) & ~ignore[0]  # (C, H, W)
+    return torch.cat((union[None], torch.zeros_like(union)[None].expand(label.shape[0] - 1, -1, -1, -1)))
+
+
+def negative_slots(negative: Tensor, slots: int) -> Tensor:
+    """(B, C, h, w) bool negatives -> (B, h, w, slots) int64: each pixel's negative classes ascending, -1 padded.
+
+    With a true one-hot a pixel is a negative for at most one class (slots = 1); with the official union maps, for at
+    most one class per unlabeled image of the half, so min(C, #unlabeled) slots hold every (pixel, class) pair.
+    """
+    order = torch.argsort((~negative).to(torch.uint8), dim=1, stable=True)[:, :slots]  # negative classes first
+    return torch.where(negative.gather(1, order), order, -1).permute(0, 2, 3, 1)
+
+
 def contrastive_masks(
     onehot: Tensor, prob: Tensor, low_mask: Tensor, high_mask: Tensor, num_labeled: int, cfg: U2PLConfig
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -169,7 +207,8 @@ def contrastive_masks(
 
     Returns:
         low_valid (B, C, h, w): prototype pixels; anchor (B, C, h, w): low_valid and prob > delta_p;
-        negative_class (B, h, w) int64: the class whose queue the pixel's key joins, -1 for none.
+        negative_class (B, h, w, S) int64: the classes whose queues the pixel's key joins, -1 for none
+        (S = 1 for method.onehot = "true", min(C, #unlabeled) for the official union maps).
     """
     low_valid = onehot & low_mask[:, None]
     anchor = low_valid & (prob > cfg.current_class_threshold)
@@ -178,9 +217,10 @@ def contrastive_masks(
     window_u = (ranks[num_labeled:] >= cfg.low_rank) & (ranks[num_labeled:] < cfg.high_rank)
     negative = onehot & high_mask[:, None] & (prob < cfg.current_class_negative_threshold)
     negative = negative & torch.cat((top_l, window_u))
-    # negative is a subset of the one-hot, so a pixel is a negative for at most one class.
-    negative_class = torch.where(negative.any(dim=1), negative.to(torch.uint8).argmax(dim=1), -1)
-    return low_valid, anchor, negative_class
+    # negative is a subset of the one-hot: one class per pixel with a true one-hot, up to one per unlabeled image
+    # (the union) with the official maps.
+    slots = 1 if cfg.onehot == "true" else min(onehot.shape[1], max(onehot.shape[0] - num_labeled, 1))
+    return low_valid, anchor, negative_slots(negative, slots)
 
 
 def sample_anchor_indices(anchor: Tensor, uniforms: Tensor) -> tuple[Tensor, Tensor]:
@@ -336,8 +376,17 @@ class U2PL(Method):
 
     @torch.no_grad()
     def enqueue(self, rep_teacher: Tensor, negative_class: Tensor) -> None:
-        """Every pixel's teacher key with its negative class (-1 = none), gathered over ranks, into the queues."""
-        keys = rep_teacher.permute(0, 2, 3, 1).reshape(-1, rep_teacher.shape[1]).float()
+        """Every pixel's teacher key with its negative classes (-1 = none), gathered over ranks, into the queues.
+
+        Args:
+            rep_teacher: (N, D, h, w); negative_class: (N, h, w) or (N, h, w, S) int64 (S classes per pixel: rows
+            run pixel-major, so each class's keys keep the official (image, y, x) order).
+        """
+        if negative_class.dim() == 3:
+            negative_class = negative_class[..., None]
+        slots = negative_class.shape[-1]
+        keys = rep_teacher.permute(0, 2, 3, 1)[..., None, :].expand(-1, -1, -1, slots, -1)
+        keys = keys.reshape(-1, rep_teacher.shape[1]).float()
         classes = negative_class.reshape(-1)
         self.queue.enqueue(distributed.all_gather_cat(keys), distributed.all_gather_cat(classes))
 
@@ -353,8 +402,16 @@ class U2PL(Method):
         """The contrastive branch at the representation's resolution (`compute_contra_memobank_loss`)."""
         size = tuple(rep.shape[-2:])
         num_labeled = label_l.shape[0]
-        labels = _nearest(torch.cat((label_l, pseudo)), size)
-        onehot = one_hot_labels(labels, self.num_classes) > 0
+        labels = _nearest(torch.cat((label_l, pseudo)), size)  # nearest commutes with the per-pixel one-hot / union
+        if self.cfg.onehot == "official":  # train_semi.py: label_onehot(label_l), label_onehot(label_u_aug), per rank
+            onehot = torch.cat(
+                (
+                    official_label_onehot(labels[:num_labeled], self.num_classes),
+                    official_label_onehot(labels[num_labeled:], self.num_classes),
+                )
+            )
+        else:
+            onehot = one_hot_labels(labels, self.num_classes) > 0
         labelled_valid = label_l != IGNORE
         low_mask = _nearest(torch.cat((labelled_valid, low_u)), size)
         high_mask = _nearest(torch.cat((labelled_valid, high_u)), size)
@@ -364,7 +421,10 @@ class U2PL(Method):
             )
             count = low_valid.sum(dim=(0, 2, 3))
             prototypes = torch.einsum("bchw,bdhw->cd", low_valid.float(), rep_t) / count.clamp_min(1)[:, None]
-            self.enqueue(rep_t, negative_class)  # official order: enqueue first, then sample from the bank
+            # official order: enqueue first, then sample from the bank. Labelled pixels are never negatives (U2PL#171)
+            # and, with the official maps, unlabeled images after the first carry no class: their rows are skipped.
+            rows = slice(num_labeled, num_labeled + 1 if self.cfg.onehot == "official" else None)
+            self.enqueue(rep_t[rows], negative_class[rows])
             uniforms = torch.rand(self.num_classes, self.cfg.num_queries, device=rep.device)
         loss = contrastive_loss(
             rep.float(), prototypes, count > 0, anchor, uniforms, self._sample_negatives, self.cfg.temperature
@@ -465,6 +525,7 @@ def _check(cfg: U2PLConfig, model: nn.Module, total_steps: int) -> None:
         ("steps_per_epoch", cfg.steps_per_epoch >= 0, ">= 0"),
         ("ema_decay", 0.0 <= cfg.ema_decay <= 1.0, "in [0, 1]"),
         ("ohem_min_kept", cfg.ohem_min_kept >= 1, ">= 1"),
+        ("onehot", cfg.onehot in ("official", "true"), "'official' or 'true'"),
     ]
     for key, ok, expected in checks:
         if not ok:

@@ -91,9 +91,43 @@ def _official_contrastive(rep, rep_t, onehot, prob, low_mask, high_mask, num_lab
     return total / len(valid_classes), keys
 
 
-def test_contrastive_loss_and_negative_keys_match_a_loop_transcription():
+def _official_onehot_oracle(label: torch.Tensor) -> torch.Tensor:
+    """u2pl/utils/utils.py:50-59 `label_onehot`, by its semantics, one image at a time: line 55 sets 255 to 0, line 56
+    `outputs.scatter_(0, inputs_temp.unsqueeze(1), 1.0)` on (C, B, H, W) writes outputs[label[b, y, x], 0, y, x] = 1
+    for every b (torch.scatter_: self[index[i][j][k][l]][j][k][l] = 1 with j = 0), line 57 `outputs[:, inputs == 255]
+    = 0` clears each image's own ignored pixels, line 59 permutes to (B, C, H, W)."""
+    batch, height, width = label.shape
+    out = torch.zeros(batch, C, height, width, dtype=torch.bool)
+    for b in range(batch):
+        for y in range(height):
+            for x in range(width):
+                value = int(label[b, y, x])
+                out[0, 0 if value == 255 else value, y, x] = True
+    out.permute(0, 2, 3, 1)[label == 255] = False  # line 57: every class at each image's own ignored pixels
+    return out
+
+
+def test_official_label_onehot_puts_each_half_union_in_image_zero():
+    label = torch.tensor([[[0, 1], [255, 3]], [[1, 1], [0, 255]], [[2, 2], [3, 3]]])
+    got = u2pl.official_label_onehot(label, C)
+    assert not got[1:].any()  # images 1..B-1 all zero
+    # image 0 at (0, 0): {0, 1, 2}; (0, 1): {1, 2}; (1, 0): image 0 ignored -> nothing; (1, 1): {3, 0 (ignore), 3}
+    want = {(0, 0): {0, 1, 2}, (0, 1): {1, 2}, (1, 0): set(), (1, 1): {0, 3}}
+    for (y, x), classes in want.items():
+        assert set(got[0, :, y, x].nonzero().flatten().tolist()) == classes, (y, x)
+    g = torch.Generator().manual_seed(0)
+    for batch in (1, 2, 4):
+        label = torch.randint(0, C, (batch, 5, 6), generator=g)
+        label[torch.rand(batch, 5, 6, generator=g) < 0.2] = 255
+        assert torch.equal(u2pl.official_label_onehot(label, C), _official_onehot_oracle(label)), batch
+
+
+@pytest.mark.parametrize("onehot_mode", ["official", "true"])
+def test_contrastive_loss_and_negative_keys_match_a_loop_transcription(onehot_mode):
     g = torch.Generator().manual_seed(3)
-    cfg = config.U2PL(low_rank=1, high_rank=4, current_class_threshold=0.25, num_queries=7, num_negatives=3)
+    cfg = config.U2PL(
+        low_rank=1, high_rank=4, current_class_threshold=0.25, num_queries=7, num_negatives=3, onehot=onehot_mode
+    )
     batch, dim, height, width, num_labeled = 4, 6, 5, 7, 2
     rep = torch.randn(batch, dim, height, width, generator=g)
     rep_t = torch.randn(batch, dim, height, width, generator=g)
@@ -103,6 +137,9 @@ def test_contrastive_loss_and_negative_keys_match_a_loop_transcription():
     labels[labels == 1] = 2  # class 1 absent: valid classes [0, 2, 3, 4], so slot i pairs class i with class i + 1
     labels[0, 0] = 255
     onehot = F.one_hot(labels.clamp_max(C - 1), C).permute(0, 3, 1, 2).bool() & (labels != 255)[:, None]
+    if onehot_mode == "official":  # train_semi.py: label_onehot(label_l) and label_onehot(label_u_aug), one per half
+        halves = (labels[:num_labeled], labels[num_labeled:])
+        onehot = torch.cat([_official_onehot_oracle(half) for half in halves])
     low_mask = torch.rand(batch, height, width, generator=g) < 0.6
     high_mask = torch.rand(batch, height, width, generator=g) < 0.6
     low_mask[:num_labeled], high_mask[:num_labeled] = labels[:num_labeled] != 255, labels[:num_labeled] != 255
@@ -120,11 +157,64 @@ def test_contrastive_loss_and_negative_keys_match_a_loop_transcription():
     )
     torch.testing.assert_close(loss, want, rtol=1e-5, atol=1e-6)
     assert loss > 0
-    flat_keys = rep_t.permute(0, 2, 3, 1).reshape(-1, dim)
+    slots = negative_class.shape[-1]
+    flat_keys = rep_t.permute(0, 2, 3, 1)[..., None, :].expand(-1, -1, -1, slots, -1).reshape(-1, dim)
     for c in range(C):
         torch.testing.assert_close(flat_keys[negative_class.flatten() == c], keys[c], msg=f"keys of class {c}")
     assert sum(len(k) for k in keys) > 0
     assert (negative_class[:num_labeled] == -1).all()  # the official masks never take labelled negatives (U2PL#171)
+
+
+def _ring(method, c: int) -> torch.Tensor:
+    """Class c's queue, oldest key first."""
+    queue = method.queue
+    count, ptr, length = int(queue.count[c]), int(queue.write_ptr[c]), int(queue.lengths[c])
+    start = int(queue.offsets[c])
+    return torch.stack([queue.storage[start + (ptr - count + i) % length] for i in range(count)]) if count else None
+
+
+@pytest.mark.parametrize("onehot_mode", ["official", "true"])
+def test_contrastive_enqueues_the_official_label_onehot_negatives(onehot_mode):
+    """`U2PL.contrastive` end to end against train_semi.py:456-465 (label_onehot per half, nearest downsampling) and
+    loss_helper.py compute_contra_memobank_loss's per-class `keys = rep_teacher[negative_mask]`, enqueued class by class
+    (utils.py dequeue_and_enqueue): with the official maps only image 0 of the unlabeled half gives keys, and one pixel
+    can join several queues (its union holds several classes)."""
+    method, _ = _build(low_rank=1, high_rank=4, queue_length=500, num_queries=3, num_negatives=2, onehot=onehot_mode)
+    g = torch.Generator().manual_seed(7)
+    num_labeled, num_unlabeled, dim, height, width = 2, 3, method.model.rep_channels, 6, 8
+    batch = num_labeled + num_unlabeled
+    rep = torch.randn(batch, dim, height, width, generator=g)
+    rep_t = torch.randn(batch, dim, height, width, generator=g)
+    prob = torch.softmax(torch.randn(batch, C, height, width, generator=g) * 2, dim=1)
+    label_l = torch.randint(0, C, (num_labeled, height, width), generator=g)
+    label_l[0, 0] = 255
+    pseudo = torch.randint(0, C, (num_unlabeled, height, width), generator=g)
+    low_u = torch.rand(num_unlabeled, height, width, generator=g) < 0.5
+    high_u = torch.rand(num_unlabeled, height, width, generator=g) < 0.7
+    method.contrastive(rep, rep_t, prob, label_l, pseudo, low_u, high_u)
+
+    if onehot_mode == "official":
+        onehot = torch.cat((_official_onehot_oracle(label_l), _official_onehot_oracle(pseudo)))
+    else:
+        onehot = F.one_hot(label_l.clamp_max(C - 1), C).permute(0, 3, 1, 2).bool() & (label_l != 255)[:, None]
+        onehot = torch.cat((onehot, F.one_hot(pseudo, C).permute(0, 3, 1, 2).bool()))
+    high = torch.cat((label_l != 255, high_u))
+    _, order = torch.sort(prob, dim=1, descending=True, stable=True)
+    order = order.permute(0, 2, 3, 1)
+    rep_t_p = rep_t.permute(0, 2, 3, 1)
+    per_pixel = torch.zeros(batch, height, width, dtype=torch.long)
+    for c in range(C):
+        class_l = (order[:num_labeled, ..., :1] == c).any(dim=3) & ~onehot[:num_labeled, c]
+        class_u = (order[num_labeled:, ..., 1:4] == c).any(dim=3)
+        negative = onehot[:, c] & high & (prob[:, c] < 1.0) & torch.cat((class_l, class_u))
+        per_pixel += negative.long()
+        want = rep_t_p[negative]
+        got = _ring(method, c)
+        assert (got is None and len(want) == 0) or torch.equal(got, want), f"queue {c}"
+    if onehot_mode == "official":
+        assert per_pixel.max() >= 2  # some pixel joined two queues: the case a one-class-per-pixel enqueue misses
+        assert per_pixel[num_labeled + 1 :].sum() == 0
+    assert per_pixel[num_labeled:].sum() > 0
 
 
 def test_contrastive_loss_is_zero_with_one_class():
@@ -139,7 +229,7 @@ def test_contrastive_loss_is_zero_with_one_class():
 
 
 def test_queue_keeps_the_newest_keys_per_class_through_enqueue():
-    method, _ = _build(queue_length=3)
+    method, _ = _build(queue_length=3, onehot="true")
     g = torch.Generator().manual_seed(0)
     history = {c: [] for c in range(C)}
     for _ in range(3):
