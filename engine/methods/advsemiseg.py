@@ -35,6 +35,8 @@ official code round-trips through numpy every step.
 | crop pad after the mean subtraction (voc_dataset.py:59-62): 0 at the     | always (data/batch.py to_batch; U2PL  |
 | network, the mean colour                                                 | pads so too); label 255               |
 | partial split size int(p * N) (train.py:253): 1322 of 10582 at 1/8      | data.*.fraction_rounding = "floor"    |
+| Res_Deeplab's one classifier is `layer5` (snapshots VOC_*.pth, inits);  | always: models/weights.py format      |
+| segadapt's single-level model calls it `layer6`                          | "res_deeplab" renames on load         |
 Deviations (no effect on the expected gradient): the real one-hot maps are the labelled batch's own labels, where the
 official code draws a second batch of the same labelled subset from `trainloader_gt` (same distribution, one decode
 less); the partial split is drawn by the data streams (fraction / split_seed / complement, ids in run_dir/splits/)

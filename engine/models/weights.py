@@ -2,8 +2,13 @@
 
 Formats, detected from the file's keys (`LoadReport.format`):
 
-- "snapshot": plain DeeplabMulti keys (an official AdaptSegNet / AdvSemiSeg snapshot, or any plain state_dict of the
-  model): loaded 1:1.
+- "snapshot": plain DeeplabMulti keys (an official AdaptSegNet snapshot, or any plain state_dict of the model):
+  loaded 1:1.
+- "res_deeplab": the official AdvSemiSeg `Res_Deeplab` layout (model/deeplab.py): plain keys whose only classifier is
+  `layer5.*`, read into a single-level model, whose one classifier is `layer6`: `layer5.*` -> `layer6.*`, every
+  backbone tensor strict. A classifier tensor of another shape (the `resnet101COCO-41f33a49.pth` init for another
+  class count) is skipped and the head keeps its init, as train.py copies only the tensors whose name and size match.
+  Detected when the file has `layer5.*` and no `layer6.*` keys and the model has `layer6` but no `layer5`.
 - "deeplab_init": keys prefixed `Scale.` (`DeepLab_resnet_pretrained_init-f81d91e8.pth`, ImageNet + COCO): the
   first key component is dropped and `Scale.layer5.*` (its classifier, for other classes) is skipped, as the official
   `train_gta2cityscapes_multi.py` does; our heads keep their init.
@@ -58,7 +63,7 @@ class LoadReport:
 
     Attributes:
         path: the file read.
-        format: "snapshot", "deeplab_init", "torchvision", "torchvision_vgg" or "segadapt".
+        format: "snapshot", "res_deeplab", "deeplab_init", "torchvision", "torchvision_vgg" or "segadapt".
         loaded: model keys given a value from the file.
         skipped: file keys deliberately not used (the init's classifier, torchvision's fc, another stage's head).
         kept: model keys the format does not provide, left as initialised (heads, num_batches_tracked).
@@ -241,11 +246,26 @@ def _plan(
         skipped = [key for key in state if key.split(".")[1:2] == ["layer5"]]
         mapping = {key.split(".", 1)[-1]: value for key, value in state.items() if key not in skipped}
         return mapping, skipped, _HEADS, ()
+    if fmt == "res_deeplab":
+        renamed = {("layer6." + key[len("layer5.") :] if key.startswith("layer5.") else key): key for key in state}
+        skipped = [old for new, old in renamed.items() if new.startswith("layer6.") and new in own
+                   and state[old].shape != own[new].shape]  # fmt: skip
+        mapping = {new: state[old] for new, old in renamed.items() if old not in skipped}
+        note = "official AdvSemiSeg Res_Deeplab layout: its only classifier layer5 read as layer6"
+        return mapping, skipped, ("layer6.",), (note,)
     if fmt == "torchvision":
         skipped = [key for key in state if key.startswith("fc.")]
         mapping = {key: value for key, value in state.items() if key not in skipped}
         return mapping, skipped, _HEADS, (_TORCHVISION_NOTE,)
     return state, [], (), ()
+
+
+def _single_classifier_layout(state: Mapping[str, Tensor], own: Mapping[str, Tensor]) -> bool:
+    """The official AdvSemiSeg Res_Deeplab file (classifier `layer5`) for a single-level model (classifier `layer6`)."""
+    def has(keys, prefix):
+        return any(key.startswith(prefix) for key in keys)
+
+    return has(state, "layer5.") and not has(state, "layer6.") and has(own, "layer6.") and not has(own, "layer5.")
 
 
 def _optional(key: str, prefixes: tuple[str, ...]) -> bool:
@@ -271,6 +291,8 @@ def load_pretrained(model: nn.Module, path: str | Path, *, strict: bool = True) 
     path = str(path)
     wrapped_format, state, checkpoint_notes = _state_dict_of(_read(path), path)
     fmt = wrapped_format or detect_format(state)
+    if fmt == "snapshot" and _single_classifier_layout(state, model.state_dict()):
+        fmt = "res_deeplab"
     mapping, skipped, optional_prefixes, notes = _plan(fmt, state, model)
     notes = (*checkpoint_notes, *notes)
     own = model.state_dict()

@@ -279,3 +279,45 @@ def test_torchvision_vgg16_without_bn_into_a_bn_backbone_raises(tmp_path):
     torch.save(_torchvision_vgg(batch_norm=False), tmp_path / "vgg16.pth")
     with pytest.raises(ValueError, match=r"torchvision_vgg weights do not fit the model; missing"):
         load_pretrained(_VGGNet(), tmp_path / "vgg16.pth")
+
+
+def _official_res_deeplab_keys(blocks=(3, 4, 23, 3)) -> list[str]:
+    """The state_dict keys of hfslyc/AdvSemiSeg model/deeplab.py `Res_Deeplab` (ResNet(Bottleneck, [3, 4, 23, 3])):
+    conv1/bn1, layerN.i.conv1-3/bn1-3 with downsample.0/.1 on each layer's first block, and the one classifier
+    `self.layer5 = self._make_pred_layer(Classifier_Module, [6, 12, 18, 24], ...)` (deeplab.py:135), whose
+    conv2d_list holds 4 convs with bias."""
+    bn = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    keys = ["conv1.weight", *(f"bn1.{k}" for k in bn)]
+    for layer, count in enumerate(blocks, start=1):
+        for index in range(count):
+            block = f"layer{layer}.{index}"
+            for n in (1, 2, 3):
+                keys += [f"{block}.conv{n}.weight", *(f"{block}.bn{n}.{k}" for k in bn)]
+            if index == 0:
+                keys += [f"{block}.downsample.0.weight", *(f"{block}.downsample.1.{k}" for k in bn)]
+    return keys + [f"layer5.conv2d_list.{i}.{k}" for i in range(4) for k in ("weight", "bias")]
+
+
+@pytest.mark.parametrize("num_classes", [21, 91])
+def test_official_advsemiseg_res_deeplab_layout_loads_into_the_single_level_model(tmp_path, num_classes):
+    """An official AdvSemiSeg snapshot (train.py saves VOC_<step>.pth = Res_Deeplab.state_dict()) and an init in that
+    layout with another classifier size (train.py:211-217 copies only tensors whose name and size match)."""
+    torch.manual_seed(0)
+    single = dict(num_classes=21, backbone="resnet101", width=4, multi_level=False)
+    source = DeepLabV2(**{**single, "num_classes": num_classes})
+    official = {("layer5." + k[len("layer6.") :] if k.startswith("layer6.") else k): v
+                for k, v in source.state_dict().items()}  # fmt: skip
+    assert list(official) == _official_res_deeplab_keys()  # the file speaks the official class's key names
+    path = tmp_path / "VOC_20000.pth"
+    torch.save(official, path)
+    target = DeepLabV2(**single)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    report = load_pretrained(target, path)
+    assert report.format == "res_deeplab"
+    got = target.state_dict()
+    for key, value in official.items():
+        ours = "layer6." + key[len("layer5.") :] if key.startswith("layer5.") else key
+        if num_classes == 21 or not key.startswith("layer5."):
+            assert torch.equal(got[ours], value), key
+        else:  # another class count: the head keeps its init, as the official size check leaves it
+            assert torch.equal(got[ours], before[ours]) and key in report.skipped, key
