@@ -83,6 +83,9 @@ class Stream:
     fraction_rounding: str = "nearest"
     """How `fraction` becomes a count: "floor" (official AdvSemiSeg train.py:253 `int(p * N)`: 1322 of 10582 at
     1/8) or "nearest" (round(p * N), 1323); at least 1 either way."""
+    fraction_rounding: str = "nearest"
+    """How `fraction` becomes a count: "floor" (official AdvSemiSeg train.py:253 `int(p * N)`: 1322 of 10582 at
+    1/8) or "nearest" (round(p * N), 1323); at least 1 either way."""
     batch_size: int = 1
     """Images per step on this stream over the whole job (the global batch; each of W processes reads batch_size / W
     under train.batch_scaling = "keep_global", batch_size under "scale_lr")."""
@@ -408,6 +411,9 @@ class Optim:
     official_repeated_groups: bool = False
     """Official quirk (AdaptSegNet, AdvSemiSeg): the backbone SGD group lists each parameter as often as
     get_1x_lr_params_NOscale yields it (Bottleneck convs 3x, downsample convs 4x), and SGD steps it once per listing."""
+    official_repeated_groups: bool = False
+    """Official quirk (AdaptSegNet, AdvSemiSeg): the backbone SGD group lists each parameter as often as
+    get_1x_lr_params_NOscale yields it (Bottleneck convs 3x, downsample convs 4x), and SGD steps it once per listing."""
 
 
 @_frozen
@@ -492,6 +498,13 @@ class Eval:
     """How many colourised prediction PNGs to write per evaluation."""
     max_images: int = 0
     """Evaluate at most this many images (0 = all)."""
+    protocol: str = "standard"
+    """An official evaluation protocol scored beside the standard one (bilinear logits to the label size, argmax):
+    "advsemi_voc" (evaluate_voc.py: pad to 505x505 with the mean colour, align_corners=True, crop back),
+    "lsd_cityscapes" (eval_cityscapes.py: argmax at the input size, PIL NEAREST to the label size) or "standard"."""
+    metric: str = "nanmean"
+    """Mean of the official figure: "nanmean" (compute_iou.py) or "nonzero_diagonal" (AdvSemiSeg utils/metric.py
+    ConfusionMatrix.jaccard: only classes with a correct pixel); the headline miou is always the nanmean."""
 
 
 @_frozen

@@ -12,6 +12,21 @@ Protocol (METHODS.md A1, A3):
   the last window of each row and column aligned to the image border, images smaller than a window padded
   symmetrically with 0 (the mean colour after normalisation), logits upsampled to window size and averaged where
   windows overlap, the padding cropped away, then resized to the label size.
+- Official protocols, reported beside the standard mIoU (`eval.protocol`, `eval.metric`; the standard figure stays
+  the headline `miou`, the official one is `miou_official` with its per-class IoU under `official`):
+  - "advsemi_voc", hfslyc/AdvSemiSeg evaluate_voc.py:202-225: the normalised image padded at the bottom and right
+    with 0 (the mean colour, VOCDataSet pads after the mean subtraction) to 505x505 (to its own size where larger;
+    the official random-crops such an image, VOC has none), the logits upsampled to the padded size with
+    align_corners=True, cropped back to the image, argmax.
+  - "lsd_cityscapes", swamiviv/LSD-seg code/eval_cityscapes.py:126-131 + transform_label (:69-77): argmax at the
+    input size (FCN-8s logits are at the input size; other models' logits are first upsampled there bilinearly),
+    then the label map resized to the label size with PIL NEAREST (its 16.16 fixed-point index maps, as a gather).
+    The standard protocol upsamples the logits before the argmax: 15% of pixels differ on random logits.
+  - `eval.metric = "nonzero_diagonal"` is AdvSemiSeg's `ConfusionMatrix.jaccard` (utils/metric.py:50-57): the mean
+    over the classes whose diagonal count is non-zero, so a class present in the labels at IoU 0 leaves the mean
+    (3.76 vs 1.25 mIoU on one weak model's predictions). Its result.txt then names the listed IoUs by position
+    (`classes[i]` for the i-th *kept* class), so after a dropped class the names are shifted: noted, not reproduced
+    (`official.per_class` names each class by its index).
 - SYNTHIA: a 19-output model is scored over 16 classes (minus terrain, truck, train) and 13 (minus wall, fence, pole
   too), both as nanmeans over subsets of the same 19 x 19 matrix, so predictions of the left-out classes still count
   as errors. DAFormer/HRDA/MIC instead report mIoU19 * 19 / 16, which equals mIoU16 only when the three left-out
@@ -24,6 +39,7 @@ is accumulated on the device and read once at the end.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable
 from collections.abc import Iterable
@@ -57,6 +73,10 @@ SYNTHIA_NOTE = (
     "score IoU 0 (lhoyer/DAFormer#18)."
 )
 MODES = ("whole", "slide")
+PROTOCOLS = ("standard", "advsemi_voc", "lsd_cityscapes")
+METRICS = ("nanmean", "nonzero_diagonal")
+ADVSEMI_PAD = (505, 505)
+"""(H, W) evaluate_voc.py pads every val image to (VOCDataSet crop_size=(505, 505))."""
 
 
 # ------------------------------------------------------------------------------------------------------- metrics
@@ -109,6 +129,19 @@ def iou(conf: Tensor) -> Tensor:
     return intersection / (conf.sum(0) + conf.sum(1) - intersection)
 
 
+def mean_iou_nonzero_diagonal(conf: Tensor) -> Tensor:
+    """AdvSemiSeg's ConfusionMatrix.jaccard (utils/metric.py:50-57): mean IoU over classes with a non-zero diagonal.
+
+    Args:
+        conf: (C, C) confusion matrix, rows = ground truth.
+
+    Returns:
+        0-d float64 tensor; NaN when no class has a correct pixel (the official divides by zero there).
+    """
+    kept = conf.diagonal() != 0
+    return iou(conf)[kept].sum() / kept.sum()
+
+
 def mean_iou(per_class: Tensor, subset: Iterable[int] | None = None) -> Tensor:
     """nanmean of per-class IoU over `subset` (all classes when None), as the official compute_iou.py.
 
@@ -142,6 +175,52 @@ def predict_whole(model: nn.Module, image: Tensor, label_size: tuple[int, int], 
     """
     logits = model(image)["main"].float()
     return F.interpolate(logits, size=tuple(label_size), mode="bilinear", align_corners=align_corners)
+
+
+def predict_advsemi_voc(model: nn.Module, image: Tensor) -> Tensor:
+    """evaluate_voc.py's prediction: pad to 505x505 with 0 (bottom, right), interp align_corners=True, crop, argmax.
+
+    Args:
+        model: segmenter returning {"main": (N, C, h, w)}.
+        image: (N, 3, H, W) normalised float (0 = the mean colour).
+
+    Returns:
+        (N, H, W) int64 labels.
+    """
+    height, width = image.shape[-2:]
+    pad_h, pad_w = max(ADVSEMI_PAD[0] - height, 0), max(ADVSEMI_PAD[1] - width, 0)
+    padded = F.pad(image, (0, pad_w, 0, pad_h), value=0.0)
+    logits = model(padded)["main"].float()
+    logits = F.interpolate(logits, size=tuple(padded.shape[-2:]), mode="bilinear", align_corners=True)
+    return logits[:, :, :height, :width].argmax(dim=1)
+
+
+@functools.lru_cache(maxsize=64)
+def _pil_nearest_map(size_in: int, size_out: int) -> tuple[int, ...]:
+    """Source index of each output index of PIL's NEAREST resize (16.16 fixed point), read off PIL itself."""
+    ramp = Image.fromarray(np.arange(size_in, dtype=np.int32)[None, :])
+    return tuple(np.asarray(ramp.resize((size_out, 1), Image.NEAREST))[0].tolist())
+
+
+def predict_lsd_cityscapes(logits: Tensor, input_size: tuple[int, int], label_size: tuple[int, int],
+                           align_corners: bool) -> Tensor:  # fmt: skip
+    """eval_cityscapes.py's prediction: argmax at the input size, PIL NEAREST to the label size.
+
+    Args:
+        logits: (N, C, h, w) model output; bilinearly upsampled to the input size first when h, w differ from it.
+        input_size: (H, W) of the network input.
+        label_size: (H', W') of the labels.
+        align_corners: of that first upsampling (unused for FCN-8s, whose logits are at the input size).
+
+    Returns:
+        (N, H', W') int64 labels.
+    """
+    if tuple(logits.shape[-2:]) != tuple(input_size):
+        logits = F.interpolate(logits, size=tuple(input_size), mode="bilinear", align_corners=align_corners)
+    pred = logits.argmax(dim=1)
+    rows = torch.tensor(_pil_nearest_map(int(input_size[0]), int(label_size[0])), device=pred.device)
+    columns = torch.tensor(_pil_nearest_map(int(input_size[1]), int(label_size[1])), device=pred.device)
+    return pred[:, rows[:, None], columns[None, :]]
 
 
 def _window_starts(size: int, crop: int, stride: int) -> list[int]:
@@ -201,11 +280,24 @@ def predict_slide(
     return F.interpolate(logits, size=tuple(label_size), mode="bilinear", align_corners=align_corners)
 
 
-def _predict(model: nn.Module, image: Tensor, eval_cfg: Eval, num_classes: int, label_size) -> Tensor:
+def _predict(model: nn.Module, image: Tensor, eval_cfg: Eval, num_classes: int, label_size) -> tuple:
+    """(standard logits (N, C, H', W'), the official protocol's labels (N, H', W') or None)."""
     if eval_cfg.mode == "slide":
         args = (eval_cfg.crop, eval_cfg.stride_ratio, num_classes, eval_cfg.align_corners, label_size)
-        return predict_slide(model, image, *args)
-    return predict_whole(model, image, label_size, eval_cfg.align_corners)
+        return predict_slide(model, image, *args), None
+    if eval_cfg.protocol == "lsd_cityscapes":  # one forward serves both protocols
+        raw = model(image)["main"].float()
+        logits = F.interpolate(raw, size=tuple(label_size), mode="bilinear", align_corners=eval_cfg.align_corners)
+        official = predict_lsd_cityscapes(raw, tuple(image.shape[-2:]), tuple(label_size), eval_cfg.align_corners)
+        return logits, official
+    logits = predict_whole(model, image, label_size, eval_cfg.align_corners)
+    if eval_cfg.protocol == "advsemi_voc":
+        return logits, predict_advsemi_voc(model, image)
+    return logits, None
+
+
+def _reports_official(eval_cfg: Eval) -> bool:
+    return eval_cfg.protocol != "standard" or eval_cfg.metric != "nanmean"
 
 
 # ------------------------------------------------------------------------------------------------------ evaluate
@@ -221,6 +313,17 @@ def _check(eval_cfg: Eval, num_classes: int) -> None:
         )
     if eval_cfg.batch_size < 1:
         raise ValueError(f"eval.batch_size = {eval_cfg.batch_size}: expected a positive int")
+    if eval_cfg.protocol not in PROTOCOLS:
+        raise ValueError(f"eval.protocol = {eval_cfg.protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+    if eval_cfg.metric not in METRICS:
+        raise ValueError(f"eval.metric = {eval_cfg.metric!r}: expected one of {', '.join(METRICS)}")
+    if eval_cfg.protocol != "standard" and eval_cfg.mode != "whole":
+        raise ValueError(f'eval.protocol = {eval_cfg.protocol!r} is a whole-image protocol; eval.mode must be "whole"')
+    if eval_cfg.protocol == "advsemi_voc" and tuple(eval_cfg.input_size) != (0, 0):
+        raise ValueError(
+            f'eval.protocol = "advsemi_voc" pads native-size images; eval.input_size must be [0, 0], '
+            f"got {list(eval_cfg.input_size)}"
+        )
 
 
 def _batches(samples: Iterable, batch_size: int, max_images: int) -> Iterator[tuple[Tensor, Tensor, list[str]]]:
@@ -289,25 +392,32 @@ def evaluate(
     device = torch.device(device)
     autocast = autocast or contextlib.nullcontext
     conf = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    official_conf = torch.zeros_like(conf) if _reports_official(eval_cfg) else None
     images = 0
     with _eval_mode(model), torch.inference_mode():
         for image, label, ids in _batches(samples, eval_cfg.batch_size, eval_cfg.max_images):
             label_device = label.to(device, non_blocking=True)
             with autocast():
-                logits = _predict(model, normalize(image, data_cfg, device), eval_cfg, num_classes, label.shape[-2:])
+                normalised = normalize(image, data_cfg, device)
+                logits, official = _predict(model, normalised, eval_cfg, num_classes, label.shape[-2:])
             pred = logits.argmax(dim=1)
             conf += confusion_matrix(pred, label_device, num_classes)
+            if official_conf is not None:
+                official_conf += confusion_matrix(pred if official is None else official, label_device, num_classes)
             if out_dir is not None and images < eval_cfg.save_predictions:
                 keep = min(eval_cfg.save_predictions - images, len(ids))
                 _save_pngs(Path(out_dir), ids[:keep], image[:keep], label[:keep], pred[:keep], num_classes)
             images += len(ids)
     if reduce is not None:
         conf = reduce(conf)
+        official_conf = None if official_conf is None else reduce(official_conf)
         images = int(reduce(torch.tensor([images], device=device))[0])  # note: host sync, once per evaluation
     if images == 0:
         raise ValueError("evaluate: the samples yielded no image; check data.val (dataset, root, split, list_file)")
     result = summarize(conf.cpu(), num_classes, eval_cfg.class_subset)  # note: the one host sync of the evaluation
     result.update(images=images, mode=eval_cfg.mode)
+    if official_conf is not None:
+        result.update(summarize_official(official_conf.cpu(), num_classes, eval_cfg.protocol, eval_cfg.metric))
     if out_dir is not None:
         atomic_write_json(Path(out_dir) / "metrics.json", result)
     return result
@@ -330,6 +440,22 @@ def summarize(conf: Tensor, num_classes: int, class_subset: str = "all") -> dict
     if class_subset != "all":
         result["subset_note"] = SYNTHIA_NOTE
     return result
+
+
+def summarize_official(conf: Tensor, num_classes: int, protocol: str, metric: str) -> dict:
+    """{"miou_official": percent, "official": {protocol, metric, per_class}} for the figure the official
+    evaluation script would print (module docstring), reported beside the standard `miou`."""
+    per_class = iou(conf)
+    mean = mean_iou_nonzero_diagonal(conf) if metric == "nonzero_diagonal" else mean_iou(per_class)
+    names = _class_names(num_classes)
+    return {
+        "miou_official": 100.0 * float(mean),
+        "official": {
+            "protocol": protocol,
+            "metric": metric,
+            "per_class": {name: _percent(value) for name, value in zip(names, per_class.tolist(), strict=True)},
+        },
+    }
 
 
 def _percent(value: float) -> float | None:
@@ -378,7 +504,9 @@ def format_table(results: dict[str, dict], num_classes: int) -> str:
     lines = ["| class | " + " | ".join(runs) + " |", "|---|" + "---:|" * len(runs)]
     for name in names:
         lines.append(f"| {name} | " + " | ".join(_cell(results[r].get("per_class", {}).get(name)) for r in runs) + " |")
-    for key, title in (("miou", "**mIoU**"), ("miou16", "**mIoU16**"), ("miou13", "**mIoU13**")):
+    rows = (("miou", "**mIoU**"), ("miou16", "**mIoU16**"), ("miou13", "**mIoU13**"),
+            ("miou_official", "**mIoU (official protocol)**"))  # fmt: skip
+    for key, title in rows:
         if any(key in result for result in results.values()):
             lines.append(f"| {title} | " + " | ".join(f"**{_cell(results[r].get(key))}**" for r in runs) + " |")
     return "\n".join(lines)

@@ -37,6 +37,10 @@ official code round-trips through numpy every step.
 | partial split size int(p * N) (train.py:253): 1322 of 10582 at 1/8      | data.*.fraction_rounding = "floor"    |
 | Res_Deeplab's one classifier is `layer5` (snapshots VOC_*.pth, inits);  | always: models/weights.py format      |
 | segadapt's single-level model calls it `layer6`                          | "res_deeplab" renames on load         |
+| evaluate_voc.py pads val images to 505x505 (mean colour), interp        | eval.protocol = "advsemi_voc" and     |
+| align_corners=True, crops; ConfusionMatrix.jaccard averages only classes | eval.metric = "nonzero_diagonal":     |
+| with a correct pixel; result.txt names kept classes by position (shifted | miou_official beside the standard     |
+| after a dropped class: not reproduced)                                   | miou (paper recipes)                  |
 Deviations (no effect on the expected gradient): the real one-hot maps are the labelled batch's own labels, where the
 official code draws a second batch of the same labelled subset from `trainloader_gt` (same distribution, one decode
 less); the partial split is drawn by the data streams (fraction / split_seed / complement, ids in run_dir/splits/)

@@ -23,6 +23,7 @@ from segadapt.evaluate import mean_iou
 from segadapt.evaluate import predict_slide
 from segadapt.evaluate import predict_whole
 from segadapt.evaluate import summarize
+from segadapt.evaluate import summarize_official
 
 # Two 2x3 images, 3 classes. Label 255 and the out-of-range label 7 are ignored; class 2 is predicted only on
 # ignored pixels, so it is absent from both counted ground truth and counted predictions (IoU NaN).
@@ -280,3 +281,121 @@ def test_confusion_does_not_sync_on_cuda():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert conf.sum().item() == 2 * 64 * 64
+
+
+# ------------------------------------------------------------------------ official protocols (issue 17.5, 17.8d)
+def _official_jaccard(conf: np.ndarray) -> float:
+    """hfslyc/AdvSemiSeg utils/metric.py:50-57 ConfusionMatrix.jaccard: IoU appended only where M[i, i] != 0, then
+    np.sum(jaccard_perclass) / len(jaccard_perclass)."""
+    kept = []
+    for i in range(conf.shape[0]):
+        if conf[i, i] != 0:
+            kept.append(conf[i, i] / (np.sum(conf[i, :]) + np.sum(conf[:, i]) - conf[i, i]))
+    return float(np.sum(kept) / len(kept))
+
+
+def test_nonzero_diagonal_metric_is_advsemi_jaccard_and_differs_from_nanmean():
+    from segadapt.evaluate import mean_iou_nonzero_diagonal
+
+    conf = torch.tensor([[50, 5, 0, 3], [10, 0, 0, 0], [0, 0, 0, 0], [2, 0, 0, 7]])  # class 1 present at IoU 0
+    assert mean_iou_nonzero_diagonal(conf).item() == pytest.approx(_official_jaccard(conf.numpy()), rel=1e-12)
+    assert mean_iou_nonzero_diagonal(conf).item() > mean_iou(iou(conf)).item()  # the IoU-0 class left the mean
+    result = summarize_official(conf, 4, "advsemi_voc", "nonzero_diagonal")
+    assert result["miou_official"] == pytest.approx(100 * _official_jaccard(conf.numpy()))
+
+
+class _Stride8(nn.Module):
+    """A fixed 8x8 stride-8 conv: position-dependent logits, so padding and cropping change the prediction."""
+
+    def __init__(self, num_classes=4, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv = nn.Conv2d(3, num_classes, 8, stride=8, padding=3)
+
+    def forward(self, image):
+        return {"main": self.conv(image)}
+
+
+def _voc_like(seed=0, size=(37, 45)):
+    rng = np.random.default_rng(seed)
+    for index in range(2):
+        image = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        label = rng.integers(0, 4, size).astype(np.int64)
+        label[0, :5] = 255
+        yield torch.from_numpy(image)[None], torch.from_numpy(label)[None], f"im{index}"
+
+
+def test_advsemi_voc_protocol_is_evaluate_voc():
+    """evaluate_voc.py:202-225: VOCDataSet(crop_size=(505, 505)) pads the mean-subtracted image with 0 at the bottom
+    and right (voc_dataset.py:55-62), interp = nn.Upsample(size=(505, 505), align_corners=True), output[:, :h, :w],
+    argmax; get_iou's ConfusionMatrix.jaccard for the mean."""
+    model = _Stride8()
+    data = Data(channel_order="rgb", mean=(122.67891434, 116.66876762, 104.00698793))
+    conf = np.zeros((4, 4))
+    interp = nn.Upsample(size=(505, 505), mode="bilinear", align_corners=True)
+    for image, label, _ in _voc_like():
+        normalised = image[0].numpy().astype(np.float32) - np.array(data.mean, np.float32)
+        padded = np.zeros((505, 505, 3), np.float32)  # cv2.copyMakeBorder(..., value=(0.0, 0.0, 0.0))
+        padded[: normalised.shape[0], : normalised.shape[1]] = normalised
+        with torch.no_grad():
+            output = interp(model(torch.from_numpy(padded.transpose(2, 0, 1).copy())[None])["main"])[0].numpy()
+        h, w = label.shape[-2:]
+        output = np.argmax(output[:, :h, :w].transpose(1, 2, 0), axis=2)
+        gt = label[0].numpy()
+        for g, p in zip(gt.flatten(), output.flatten(), strict=True):
+            if g < 4:  # utils/metric.py generateM: gt[i] < nclass
+                conf[g, p] += 1
+    eval_cfg = Eval(input_size=(0, 0), protocol="advsemi_voc", metric="nonzero_diagonal")
+    result = evaluate(model, _voc_like(), data, eval_cfg, 4, "cpu")
+    assert result["miou_official"] == pytest.approx(100 * _official_jaccard(conf), rel=1e-9)
+    standard = evaluate(model, _voc_like(), data, Eval(input_size=(0, 0)), 4, "cpu")
+    assert result["miou"] == pytest.approx(standard["miou"])  # the headline stays the standard protocol
+    assert result["miou_official"] != pytest.approx(result["miou"])
+
+
+def test_lsd_cityscapes_protocol_is_argmax_then_pil_nearest():
+    """swamiviv/LSD-seg code/eval_cityscapes.py:126-131: lbl_pred = score.max(1)[1] at the input size, then
+    transform_label (:69-77): Image.fromarray(uint8).resize((2048, 1024), Image.NEAREST)."""
+    from segadapt.evaluate import predict_lsd_cityscapes
+
+    logits = torch.randn(2, 19, 32, 64, generator=torch.Generator().manual_seed(4))
+    got = predict_lsd_cityscapes(logits, (32, 64), (103, 207), True)
+    for index in range(2):
+        pred = logits[index].argmax(0).numpy().astype(np.uint8)
+        official = np.array(Image.fromarray(pred).resize((207, 103), Image.NEAREST), dtype=np.int32)
+        np.testing.assert_array_equal(got[index].numpy(), official)
+    standard = F.interpolate(logits, size=(103, 207), mode="bilinear", align_corners=True).argmax(1)
+    assert (standard != got).float().mean() > 0.05  # the two protocols differ on random logits
+
+
+def test_lsd_cityscapes_protocol_in_evaluate_scores_both():
+    model = _Pointwise(3)
+    samples = list(_samples())  # 16x16 images, 32x32 labels
+    result = evaluate(model, iter(samples), DATA, Eval(input_size=(16, 16), protocol="lsd_cityscapes"), 3, "cpu")
+    conf = torch.zeros(3, 3, dtype=torch.int64)
+    with torch.no_grad():
+        for image, label, _ in samples:
+            logits = model(image.permute(0, 3, 1, 2).float())["main"]
+            pred = np.array(Image.fromarray(logits[0].argmax(0).numpy().astype(np.uint8)).resize((32, 32), 0))
+            conf += confusion_matrix(torch.from_numpy(pred.astype(np.int64))[None], label, 3)
+    assert result["miou_official"] == pytest.approx(100 * mean_iou(iou(conf)).item())
+    assert result["official"]["protocol"] == "lsd_cityscapes" and result["official"]["metric"] == "nanmean"
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [({"protocol": "caffe"}, "eval.protocol = 'caffe'"), ({"metric": "mean"}, "eval.metric = 'mean'"),
+     ({"protocol": "lsd_cityscapes", "mode": "slide"}, "eval.mode must be"),
+     ({"protocol": "advsemi_voc", "input_size": (16, 16)}, "eval.input_size must be")],
+)  # fmt: skip
+def test_official_protocol_settings_are_checked(settings, match):
+    with pytest.raises(ValueError, match=match):
+        evaluate(_ColourModel(8), _samples(), DATA, Eval(**settings), 3, "cpu")
+
+
+@pytest.mark.parametrize("recipe", ["advsemi_voc_1_8", "advsemi_voc_1_4", "advsemi_voc_1_2", "advsemi_voc_full"])
+def test_advsemi_paper_recipes_report_the_official_protocol_beside_the_standard(recipe):
+    from segadapt import config
+
+    cfg = config.load(recipe).eval
+    assert (cfg.protocol, cfg.metric, tuple(cfg.input_size)) == ("advsemi_voc", "nonzero_diagonal", (0, 0))
