@@ -83,9 +83,6 @@ class Stream:
     fraction_rounding: str = "nearest"
     """How `fraction` becomes a count: "floor" (official AdvSemiSeg train.py:253 `int(p * N)`: 1322 of 10582 at
     1/8) or "nearest" (round(p * N), 1323); at least 1 either way."""
-    fraction_rounding: str = "nearest"
-    """How `fraction` becomes a count: "floor" (official AdvSemiSeg train.py:253 `int(p * N)`: 1322 of 10582 at
-    1/8) or "nearest" (round(p * N), 1323); at least 1 either way."""
     batch_size: int = 1
     """Images per step on this stream over the whole job (the global batch; each of W processes reads batch_size / W
     under train.batch_scaling = "keep_global", batch_size under "scale_lr")."""
@@ -405,12 +402,6 @@ class Optim:
     """Learning-rate multiplier of the classifier heads (official: 10x)."""
     fused: str = "auto"
     """Fused optimizer kernels: "auto" (where the device has them), "on" or "off"."""
-    official_repeated_groups: bool = False
-    """Official quirk (AdaptSegNet, AdvSemiSeg): the backbone SGD group lists each parameter as often as
-    get_1x_lr_params_NOscale yields it (Bottleneck convs 3x, downsample convs 4x), and SGD steps it once per listing."""
-    official_repeated_groups: bool = False
-    """Official quirk (AdaptSegNet, AdvSemiSeg): the backbone SGD group lists each parameter as often as
-    get_1x_lr_params_NOscale yields it (Bottleneck convs 3x, downsample convs 4x), and SGD steps it once per listing."""
     official_repeated_groups: bool = False
     """Official quirk (AdaptSegNet, AdvSemiSeg): the backbone SGD group lists each parameter as often as
     get_1x_lr_params_NOscale yields it (Bottleneck convs 3x, downsample convs 4x), and SGD steps it once per listing."""
