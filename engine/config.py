@@ -12,11 +12,14 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import math
 import sys
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
+from typing import Annotated
 from typing import Any
 
 if sys.version_info >= (3, 11):
@@ -34,6 +37,49 @@ class ConfigError(ValueError):
     """A recipe or override that does not fit the dataclasses; the message names file, key and expectation."""
 
 
+# -------------------------------------------------------------------------------------------------------- ranges
+@dataclass(frozen=True)
+class Range:
+    """The valid values of a numeric field, attached to its type with `typing.Annotated` (the aliases below) and
+    checked when a recipe or `--set` is loaded, in the type errors' style: `FILE: key 'train.log_every': expected
+    int >= 1, got 0`. A range that depends on another field is a section's `_invalid` method."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {self.high:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+PositiveInt = Annotated[int, Range(1)]
+"""Counts, sizes and periods that must be at least 1."""
+NonNegativeInt = Annotated[int, Range(0)]
+"""Counts, steps and sizes where 0 means "off" or "native"."""
+PositiveFloat = Annotated[float, Range(0, low_open=True)]
+"""Learning rates, temperatures, timeouts."""
+NonNegativeFloat = Annotated[float, Range(0)]
+"""Loss weights and multipliers (0 switches a term off)."""
+Probability = Annotated[float, Range(0, 1)]
+"""Probabilities, thresholds and fractions in [0, 1]."""
+Beta = Annotated[float, Range(0, 1, high_open=True)]
+"""Adam betas, SGD momentum and dropout: in [0, 1)."""
+Percent = Annotated[float, Range(0, 100)]
+"""Percentiles in [0, 100]."""
+DomainLabel = Annotated[int, Range(0, 1)]
+"""A discriminator's target: 0 or 1."""
+
+
 # --------------------------------------------------------------------------------------------------------- model
 @_frozen
 class Model:
@@ -42,13 +88,13 @@ class Model:
     (LSD-seg), "hypercolumn" (Mix-and-Match) or "toy" (two-layer test net)."""
     backbone: str = "resnet101"
     """ResNet depth: "resnet18", "resnet34", "resnet50" or "resnet101" (the official one)."""
-    width: int = 64
+    width: PositiveInt = 64
     """Channels of the ResNet stem; 64 is the official network, the demo uses a narrow one to train on CPU."""
-    num_classes: int = 19
+    num_classes: PositiveInt = 19
     """Output classes: 19 Cityscapes trainIds, 21 for VOC."""
     multi_level: bool = True
     """Also predict from layer3 (the conv4 'aux' head), as DeeplabMulti does."""
-    aspp_rates: tuple[int, ...] = (6, 12, 18, 24)
+    aspp_rates: tuple[PositiveInt, ...] = (6, 12, 18, 24)
     """Dilation rates of the ASPP classifier branches."""
     aspp_sum_first_two_only: bool = True
     """Official quirk: Classifier_Module.forward returns inside its loop, so only the first two branches are summed."""
@@ -71,29 +117,36 @@ class Stream:
     """Split of the dataset: "train" or "val" (Cityscapes, VOC); GTA5 and SYNTHIA use every image for "train"."""
     list_file: str = ""
     """Optional file of image ids, one per line (U2PL split format); empty means the whole split."""
-    fraction: float = 1.0
+    fraction: Annotated[float, Range(0, 1, low_open=True)] = 1.0
     """Keep this fraction of the (listed) images, drawn at random with `split_seed` (AdvSemiSeg's --partial-data);
     1.0 keeps all. The ids drawn are written to the run directory's splits/ folder."""
-    count: int = 0
+    count: NonNegativeInt = 0
     """Keep exactly this many images, drawn like `fraction` (U2PL's 92 / 183 / ... label counts); 0 = use fraction."""
-    split_seed: int = 0
+    split_seed: NonNegativeInt = 0
     """Seed of the `fraction` / `count` draw; the same seed draws the same ids on every machine."""
     complement: bool = False
     """Take the images the `fraction` / `count` draw leaves out instead (the unlabeled rest of a partial split)."""
     fraction_rounding: str = "nearest"
     """How `fraction` becomes a count: "floor" (official AdvSemiSeg train.py:253 `int(p * N)`: 1322 of 10582 at
     1/8) or "nearest" (round(p * N), 1323); at least 1 either way."""
-    batch_size: int = 1
+    batch_size: PositiveInt = 1
     """Images per step on this stream over the whole job (the global batch; each of W processes reads batch_size / W
     under train.batch_scaling = "keep_global", batch_size under "scale_lr")."""
-    resize: tuple[int, int] = (0, 0)
+    resize: tuple[NonNegativeInt, NonNegativeInt] = (0, 0)
     """(W, H) the whole image is resized to first (bicubic image, nearest label); (0, 0) keeps the native size."""
-    scale_range: tuple[float, float] = (1.0, 1.0)
+    scale_range: tuple[PositiveFloat, PositiveFloat] = (1.0, 1.0)
     """Random scale factor range applied after `resize`; (1, 1) disables it."""
-    crop: tuple[int, int] = (0, 0)
+    crop: tuple[NonNegativeInt, NonNegativeInt] = (0, 0)
     """(W, H) random crop (padded with ignore where the image is smaller); (0, 0) disables cropping."""
     flip: bool = False
     """Random horizontal flip, shared by image and label."""
+    small_images: str = "pad"
+    """An image smaller than the crop: "pad" it (bottom/right, mean colour, label ignore; VOCDataSet) or "resize" it
+    to the crop size (bilinear image, OpenCV INTER_NEAREST label; AdvSemiSeg's VOCGTDataSet, D's real stream)."""
+
+    def _invalid(self) -> Iterator[tuple[str, str, Any]]:
+        if self.scale_range[0] > self.scale_range[1]:
+            yield "scale_range", "(min, max) with min <= max", self.scale_range
 
 
 @_frozen
@@ -102,11 +155,11 @@ class Synthshift:
     """Generate the synthshift dataset into `out` before training when it is missing."""
     out: str = "runs/data/synthshift"
     """Directory the generated GTA5-layout and Cityscapes-layout trees are written to."""
-    count: int = 200
+    count: PositiveInt = 200
     """Images per domain (the target domain is split 3:1 into train and val)."""
-    size: tuple[int, int] = (256, 128)
+    size: tuple[PositiveInt, PositiveInt] = (256, 128)
     """(W, H) of the generated images."""
-    seed: int = 0
+    seed: NonNegativeInt = 0
     """Generator seed; the same seed writes byte-identical files."""
 
 
@@ -114,15 +167,15 @@ class Synthshift:
 class Data:
     loader: str = "auto"
     """Input pipeline: "auto" (DALI when it imports), "dali", "torch" or "synthetic" (benchmarks)."""
-    num_workers: int = 2
+    num_workers: NonNegativeInt = 2
     """Worker processes (torch) or threads (DALI) per stream."""
-    prefetch: int = 2
+    prefetch: PositiveInt = 2
     """Batches prepared ahead of the training step, per stream."""
     channel_order: str = "bgr"
     """Channel order fed to the network: "bgr" (Caffe-era DeepLab weights) or "rgb" (torchvision weights)."""
     mean: tuple[float, float, float] = BGR_MEAN
     """Per-channel mean subtracted from 0..255 pixels, in `channel_order`."""
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = (1.0, 1.0, 1.0)
     """Per-channel std the centred pixels are divided by; (1, 1, 1) is the official DeepLab-v2 protocol."""
     source: Stream = field(default_factory=Stream)
     """Labelled source-domain stream (domain adaptation)."""
@@ -132,6 +185,8 @@ class Data:
     """Labelled stream (semi-supervised)."""
     unlabeled: Stream = field(default_factory=Stream)
     """Unlabelled stream (semi-supervised)."""
+    labeled_real: Stream = field(default_factory=Stream)
+    """Labelled stream of D's "real" one-hot maps (AdvSemiSeg with method.d_real_stream; the official trainloader_gt)."""
     val: Stream = field(default_factory=Stream)
     """Validation stream used by periodic and final evaluation."""
     synthshift: Synthshift = field(default_factory=Synthshift)
@@ -158,18 +213,18 @@ class _SegLoss(_MethodFields):
     __slots__ = ()
     align_corners: bool = True
     """align_corners of the training upsampler (`interp`); the official PyTorch >= 0.4 code passes True."""
-    lambda_seg: float = 0.1
+    lambda_seg: NonNegativeFloat = 0.1
     """Weight of the aux (conv4) segmentation loss, LAMBDA_SEG; 0 disables the aux head's loss."""
 
 
 @_group
 class _Discriminator(_MethodFields):
     __slots__ = ()
-    d_lr: float = 1e-4
+    d_lr: PositiveFloat = 1e-4
     """Discriminator Adam learning rate, LEARNING_RATE_D (poly-decayed like the segmenter's)."""
-    d_betas: tuple[float, float] = (0.9, 0.99)
+    d_betas: tuple[Beta, Beta] = (0.9, 0.99)
     """Discriminator Adam betas, optim.Adam(model_D.parameters(), betas=(0.9, 0.99))."""
-    d_width: int = 64
+    d_width: PositiveInt = 64
     """Channels of the discriminator's first conv (official FCDiscriminator ndf = 64; doubled at each layer)."""
 
 
@@ -184,10 +239,10 @@ class Supervised(_SegLoss):
     """Method name: trains on a labelled stream only (the oracle when that stream is the target domain)."""
     stream: str = "target"
     """Which labelled stream to train on: "target", "labeled" or "source"."""
-    sparse_points: int = 0
+    sparse_points: NonNegativeInt = 0
     """> 0: Mix-and-Match's sparse fine-tuning (Larsson's hypercolumn head): cross-entropy at this many random pixels
     per image through the segmenter's `point_logits` output instead of the dense map (official 256); 0 = dense."""
-    sparse_margin: float = 0.1875
+    sparse_margin: Annotated[float, Range(0, 0.5, high_open=True)] = 0.1875
     """Fraction of the width / height left out on each side when drawing sparse points (official: coordinates
     uniform in [96, 416] of a 512 crop = 96 / 512)."""
 
@@ -195,17 +250,17 @@ class Supervised(_SegLoss):
 @_frozen
 class AdaptSegNet(_SegLoss, _Discriminator):
     name: str = "adaptsegnet"
-    lambda_adv_target1: float = 0.0002
+    lambda_adv_target1: NonNegativeFloat = 0.0002
     """Adversarial weight of the conv4 discriminator, LAMBDA_ADV_TARGET1 (0 = single-level)."""
-    lambda_adv_target2: float = 0.001
+    lambda_adv_target2: NonNegativeFloat = 0.001
     """Adversarial weight of the conv5 discriminator, LAMBDA_ADV_TARGET2."""
     gan: str = "vanilla"
     """GAN objective: "vanilla" (BCE with logits) or "ls" (least squares, MSE)."""
     d_upsample_output: bool = False
     """False: BCE on the discriminator's 1/32 map (official code); True: upsample it to input size (paper)."""
-    source_label: int = 0
+    source_label: DomainLabel = 0
     """Domain label of source predictions."""
-    target_label: int = 1
+    target_label: DomainLabel = 1
     """Domain label of target predictions."""
 
 
@@ -216,25 +271,29 @@ class AdvSemiSeg(_Discriminator):
     align_corners: bool = True
     """align_corners of the `interp` upsampler (logits and D output to input size); train.py passes True on
     PyTorch >= 0.4 (older PyTorch behaved the same)."""
-    lambda_adv_pred: float = 0.01
+    lambda_adv_pred: NonNegativeFloat = 0.01
     """Adversarial weight on labelled predictions, --lambda-adv-pred: 0.01 in the README command (Table 5); the
     code default LAMBDA_ADV_PRED is 0.1."""
-    lambda_semi: float = 0.1
+    lambda_semi: NonNegativeFloat = 0.1
     """Weight of the CE on D-confident pseudo-labels of unlabelled images, LAMBDA_SEMI (0 disables it)."""
-    lambda_semi_adv: float = 0.001
+    lambda_semi_adv: NonNegativeFloat = 0.001
     """Adversarial weight on unlabelled predictions, LAMBDA_SEMI_ADV."""
-    mask_t: float = 0.2
+    mask_t: Probability = 0.2
     """T_semi, MASK_T: unlabelled pixels whose sigmoid(D) is below it get no pseudo-label."""
-    semi_start: int = 5000
+    semi_start: NonNegativeInt = 5000
     """Step from which L_semi is used, SEMI_START (before it only L_semi_adv trains on unlabelled images)."""
-    semi_start_adv: int = 0
+    semi_start_adv: NonNegativeInt = 0
     """Step from which the unlabelled branch runs at all, SEMI_START_ADV."""
     d_remain: bool = True
     """D_REMAIN: the discriminator's fake batch also holds the unlabelled predictions (when that branch ran)."""
-    pred_label: int = 0
+    pred_label: DomainLabel = 0
     """D target of predicted (fake) maps, pred_label."""
-    gt_label: int = 1
+    gt_label: DomainLabel = 1
     """D target of one-hot ground truth (real) maps, gt_label; also the target of the segmenter's adversarial terms."""
+    d_real_stream: bool = False
+    """Official: D's one-hot "real" maps come from their own stream, `data.labeled_real` (train.py trainloader_gt:
+    VOCGTDataSet over the labelled ids with its own sampler; small images resized, never padded); false one-hots the
+    labelled batch's own (padded) labels."""
 
 
 # <u2pl section: owned by the U2PL work>
@@ -243,12 +302,12 @@ class U2PL(_MethodFields):
     name: str = "u2pl"
     align_corners: bool = True
     """align_corners of every training upsampler (official F.interpolate(..., align_corners=True))."""
-    ema_decay: float = 0.99
+    ema_decay: Probability = 0.99
     """EMA teacher momentum cap, net.ema_decay; the momentum is min(1 - 1/(step - sup_only_steps + 1), ema_decay)."""
-    sup_only_steps: int = 0
+    sup_only_steps: NonNegativeInt = 0
     """Supervised-only warm-up in steps, trainer.sup_only_epoch x steps per epoch (official VOC 1 epoch,
     Cityscapes 0); the teacher is copied from the student when it ends."""
-    teacher_copy_steps: int = 1
+    teacher_copy_steps: PositiveInt = 1
     """Steps from sup_only_steps on after which the teacher is set to the student instead of the EMA update. Official
     quirk: `t.data = s.data` sits inside the iteration loop of epoch sup_only_epoch, so the teacher shares the student's
     storage for that whole epoch: set it to the steps per epoch; 1 gives the EMA formula alone (momentum 0 at first)."""
@@ -262,76 +321,83 @@ class U2PL(_MethodFields):
     scatters along dim 0 with a (B, 1, H, W) index, so per half-batch and per rank image 0 holds the union of the
     half's labels (ignore counted as class 0 where image 0 is valid) and images 1..B-1 stay all zero; every published
     U2PL number ran with it. "true": a one-hot per image, what the paper describes."""
-    steps_per_epoch: int = 0
+    steps_per_epoch: NonNegativeInt = 0
     """Official epoch length in steps (len(loader_l)); > 0 makes the unreliable share and alpha_t decay once per
     epoch (epoch / epochs, as the official code) instead of every step (step / total_steps)."""
-    cutmix_p: float = 0.5
+    cutmix_p: Probability = 0.5
     """Probability that the unlabeled batch is CutMixed (one coin per batch, np.random.uniform(0, 1) < 0.5)."""
-    drop_percent: float = 80.0
+    drop_percent: Percent = 80.0
     """trainer.unsupervised.drop_percent: the unreliable share starts at 100 - 80 = 20% and decays linearly to 0."""
-    low_entropy_threshold: float = 20.0
+    low_entropy_threshold: Percent = 20.0
     """alpha_0, contrastive.low_entropy_threshold: anchors below the alpha_t-th entropy percentile, negatives above
     the (100 - alpha_t)-th; alpha_t decays linearly to 0."""
-    low_rank: int = 3
+    low_rank: NonNegativeInt = 3
     """contrastive.low_rank r_l: a negative's class ranks in [low_rank, high_rank) of the teacher's probabilities."""
-    high_rank: int = 20
+    high_rank: PositiveInt = 20
     """contrastive.high_rank r_h."""
-    current_class_threshold: float = 0.3
+    current_class_threshold: Probability = 0.3
     """delta_p, contrastive.current_class_threshold: anchors need teacher probability > delta_p for their class."""
-    current_class_negative_threshold: float = 1.0
+    current_class_negative_threshold: Probability = 1.0
     """delta_n, contrastive.current_class_negative_threshold: negatives need probability < delta_n."""
-    num_queries: int = 256
+    num_queries: PositiveInt = 256
     """Anchors sampled per class and step, contrastive.num_queries."""
-    num_negatives: int = 50
+    num_negatives: PositiveInt = 50
     """Negatives drawn from the class's memory queue per anchor, contrastive.num_negatives."""
-    temperature: float = 0.5
+    temperature: PositiveFloat = 0.5
     """InfoNCE temperature, contrastive.temperature."""
-    queue_length: int = 0
+    queue_length: NonNegativeInt = 0
     """Memory-queue length per class; 0 = official (50000 for class 0, 30000 for the others)."""
-    unsup_weight: float = 1.0
+    unsup_weight: NonNegativeFloat = 1.0
     """Weight of the unsupervised loss, trainer.unsupervised.loss_weight."""
-    contra_weight: float = 1.0
+    contra_weight: NonNegativeFloat = 1.0
     """Weight of the contrastive loss, trainer.contrastive.loss_weight; 0 skips the contrastive branch."""
-    aux_weight: float = 0.4
+    aux_weight: NonNegativeFloat = 0.4
     """Weight of the layer3 aux head's supervised loss, net.aux_loss.loss_weight (used when the model has it)."""
     ohem: bool = False
     """Supervised loss: OHEM cross-entropy (criterion.type = "ohem", official on Cityscapes) instead of plain CE."""
-    ohem_thresh: float = 0.7
+    ohem_thresh: Probability = 0.7
     """OHEM probability threshold, criterion.kwargs.thresh."""
-    ohem_min_kept: int = 100000
+    ohem_min_kept: PositiveInt = 100000
     """OHEM minimum kept pixels per batch, criterion.kwargs.min_kept."""
+
+    def _invalid(self) -> Iterator[tuple[str, str, Any]]:
+        if self.low_rank >= self.high_rank:
+            yield "low_rank", f"< method.high_rank ({self.high_rank})", self.low_rank
 
 
 # <lsdseg section: owned by the LSD-seg work>
 @_frozen
 class LSDSeg(_MethodFields):
     name: str = "lsdseg"
-    l1_weight: float = 1.0
+    l1_weight: NonNegativeFloat = 1.0
     """Weight of the generator's L1 reconstruction loss (both domains, images in [0, 1]), --l1_weight."""
-    adv_weight: float = 0.1
-    """Weight of F's flipped-label domain loss (generated source -> 3 target-fake, generated target -> 0
-    source-real), --adv_weight."""
-    c_weight: float = 0.1
+    adv_weight: NonNegativeFloat = 0.1
+    """Weight of F's flipped-label domain loss (generated source -> 2 target-real, generated target -> 0
+    source-real; trainer_LSD.py:281-282), --adv_weight."""
+    c_weight: NonNegativeFloat = 0.1
     """Weight of F's loss on D's auxiliary segmentation of generated source images, --c_weight."""
-    g_adv_weight: float = 0.1
+    g_adv_weight: NonNegativeFloat = 0.1
     """Weight of G's 4-way domain loss (src fake -> 0, tgt fake -> 2); hard-coded 0.1 in trainer_LSD.py lossG."""
-    g_lr: float = 1e-4
+    g_lr: PositiveFloat = 1e-4
     """Generator Adam learning rate (train.py optimG lr=0.0001)."""
-    d_lr: float = 1e-4
+    d_lr: PositiveFloat = 1e-4
     """Discriminator Adam learning rate (train.py optimD lr=0.0001)."""
-    gd_betas: tuple[float, float] = (0.7, 0.999)
+    gd_betas: tuple[Beta, Beta] = (0.7, 0.999)
     """Adam betas of the generator and the discriminator (train.py betas=(0.7, 0.999))."""
-    d_width: int = 128
+    d_width: PositiveInt = 128
     """Channels of every discriminator layer (official _netD: 2 * ndf = 128)."""
-    g_width: int = 0
+    g_width: NonNegativeInt = 0
     """Generator base channels ngf (official _netG ngf = 64); 0 = model.width (64 for the official FCN-8s)."""
-    dropout: float = 0.5
+    dropout: Beta = 0.5
     """Dropout of every generator / discriminator ResnetBlock (model_utils.py nn.Dropout(0.5))."""
-    bias_lr_mult: float = 2.0
+    bias_lr_mult: NonNegativeFloat = 2.0
     """Learning-rate multiplier of the segmenter's biases (train.py: get_parameters(bias=True) at lr * 2)."""
     align_corners: bool = True
     """align_corners when upsampling stride-8 logits to the label (DeepLab / toy); FCN-8s scores are already at
     label size, where the upsampling is the identity."""
+    label_d_swapped_hw: bool = True
+    """Official bug: D's auxiliary-class labels as transform_label_forD made them under PyTorch 0.2 (PIL resize with
+    (h, w) swapped, the (w, h) map copied row-major into (h, w)); false = a correct nearest resize to D's (h, w)."""
 
 
 # <mixmatch sections: owned by the Mix-and-Match work>
@@ -339,14 +405,14 @@ class LSDSeg(_MethodFields):
 class Colorization(_MethodFields):
     name: str = "colorization"
     """Method name: Mix-and-Match stage 1, self-supervised colorization pre-training."""
-    points: int = 128
+    points: PositiveInt = 128
     """Random pixels per image whose hypercolumn predicts their colour (Larsson et al.'s sparse training; their
     count is [UNVERIFIED], the M&M fine-tuning prototxt samples 256)."""
-    bins: int = 32
+    bins: PositiveInt = 32
     """Histogram bins of hue and of chroma (Larsson et al.: K = 32 [UNVERIFIED])."""
-    chroma_max: float = 128.0
+    chroma_max: PositiveFloat = 128.0
     """Chroma (LCh, the polar form of CIE Lab a*b*) of the last chroma bin; larger values fall into it."""
-    lambda_hue: float = 5.0
+    lambda_hue: NonNegativeFloat = 5.0
     """Weight of the chroma-weighted hue loss, Larsson et al.'s lambda_H = 5 [UNVERIFIED]."""
 
 
@@ -354,22 +420,26 @@ class Colorization(_MethodFields):
 class MixMatch(_MethodFields):
     name: str = "mixmatch"
     """Method name: Mix-and-Match stage 2, patch sampling + class-wise graph + triplet loss."""
-    patches_per_image: int = 9
+    patches_per_image: PositiveInt = 9
     """Patches sampled per image: RandomSamplingLayer num = 144 over a batch of 16."""
-    side_range: tuple[int, int] = (64, 256)
+    side_range: tuple[PositiveInt, PositiveInt] = (64, 256)
     """(min, max) side in pixels of the square patches, drawn uniformly (official VOC; Cityscapes: fixed 128)."""
-    output_size: int = 128
+    output_size: PositiveInt = 128
     """Side every patch is resized to before the network (official output_size = 128)."""
-    bg_ratio: float = 0.1
+    bg_ratio: Probability = 0.1
     """At most round(bg_ratio * patches_per_image) patches of an image may be centred on `bg_class` (bg_ratio)."""
-    bg_class: int = 0
+    bg_class: Annotated[int, Range(-1)] = 0
     """The background trainId that bg_ratio limits (VOC 0); -1: no background class (Cityscapes)."""
-    max_overlap: float = 0.6
+    max_overlap: Probability = 0.6
     """A patch whose IoU with an already kept patch of the same image exceeds this is discarded (official 0.6)."""
-    candidates_per_image: int = 64
+    candidates_per_image: PositiveInt = 64
     """Candidate boxes drawn per image in bulk, from which patches are kept greedily in random order."""
-    margin: float = 2.1
+    margin: NonNegativeFloat = 2.1
     """Triplet margin alpha on unit-norm features: max(0, alpha + |q-p|^2 - |q-n|^2) (official 2.1)."""
+
+    def _invalid(self) -> Iterator[tuple[str, str, Any]]:
+        if self.side_range[0] > self.side_range[1]:
+            yield "side_range", "(min, max) with min <= max", self.side_range
 
 
 METHOD_SECTIONS: dict[str, type] = {
@@ -390,15 +460,15 @@ MethodSection = SourceOnly | Supervised | AdaptSegNet | AdvSemiSeg | U2PL | LSDS
 class Optim:
     name: str = "sgd"
     """Segmenter optimizer: "sgd" or "adam"."""
-    lr: float = 2.5e-4
+    lr: PositiveFloat = 2.5e-4
     """Base learning rate of the backbone."""
-    momentum: float = 0.9
+    momentum: Beta = 0.9
     """SGD momentum."""
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
     """Adam betas."""
-    weight_decay: float = 5e-4
+    weight_decay: NonNegativeFloat = 5e-4
     """L2 weight decay."""
-    head_lr_mult: float = 10.0
+    head_lr_mult: NonNegativeFloat = 10.0
     """Learning-rate multiplier of the classifier heads (official: 10x)."""
     fused: str = "auto"
     """Fused optimizer kernels: "auto" (where the device has them), "on" or "off"."""
@@ -413,18 +483,29 @@ class Schedule:
     """Learning-rate policy: "poly" (lr * (1 - step/total_steps) ** power), "constant", "step" (x gamma every
     `step_size` steps: LSD-seg's x0.1 every 8 epochs) or "multistep" (x gamma at each of `milestones`: Caffe's
     multistep, Mix-and-Match)."""
-    power: float = 0.9
+    power: NonNegativeFloat = 0.9
     """Exponent of the poly policy."""
-    gamma: float = 0.1
+    gamma: PositiveFloat = 0.1
     """Factor of the "step" and "multistep" policies."""
-    step_size: int = 0
+    step_size: NonNegativeInt = 0
     """Steps between decays of the "step" policy."""
-    milestones: tuple[int, ...] = ()
+    milestones: tuple[PositiveInt, ...] = ()
     """Steps at which the "multistep" policy multiplies the learning rate by gamma."""
-    total_steps: int = 250000
+    total_steps: PositiveInt = 250000
     """Horizon of the poly decay, NUM_STEPS."""
-    stop_step: int = 150000
+    stop_step: PositiveInt = 150000
     """Training stops here, NUM_STEPS_STOP (official AdaptSegNet stops at 150k of a 250k schedule)."""
+
+    def _invalid(self) -> Iterator[tuple[str, str, Any]]:
+        if self.policy == "poly" and self.stop_step > self.total_steps:
+            # lr * (1 - step / total) ** power is complex past the horizon
+            yield "stop_step", f"<= schedule.total_steps ({self.total_steps}) under policy 'poly'", self.stop_step
+        if self.policy == "step" and self.step_size < 1:
+            yield "step_size", ">= 1 under policy 'step'", self.step_size
+        if self.policy == "multistep" and (
+            not self.milestones or list(self.milestones) != sorted(set(self.milestones))
+        ):
+            yield "milestones", "increasing steps, at least one, under policy 'multistep'", self.milestones
 
 
 # ---------------------------------------------------------------------------------------------------------- train
@@ -436,15 +517,15 @@ class Train:
     """"auto" (CUDA when present), "cuda", "cuda:N" or "cpu"."""
     precision: str = "auto"
     """"auto" (bf16 where supported, fp16 + GradScaler on older GPUs, fp32 on CPU), "bf16", "fp16" or "fp32"."""
-    seed: int = 1234
+    seed: NonNegativeInt = 1234
     """Seed of every random stream (model init, data order, augmentation)."""
-    iter_size: int = 1
+    iter_size: PositiveInt = 1
     """Gradient accumulation micro-steps per optimizer step."""
-    log_every: int = 10
+    log_every: PositiveInt = 10
     """Steps between log lines; the only steps on which losses are read from the device."""
-    eval_every: int = 5000
+    eval_every: NonNegativeInt = 5000
     """Steps between evaluations on the val stream (0 = only at the end)."""
-    checkpoint_every: int = 5000
+    checkpoint_every: NonNegativeInt = 5000
     """Steps between checkpoints (official: a snapshot every 5000)."""
     progress: bool = True
     """Show a progress bar with rate and ETA."""
@@ -460,7 +541,7 @@ class Train:
     """Multi-GPU runs: convert the segmenter's BatchNorm to SyncBatchNorm (U2PL's official setting); CUDA only."""
     dist_backend: str = "auto"
     """torch.distributed backend: "auto" (NCCL on CUDA, gloo on CPU), "nccl" or "gloo"."""
-    dist_timeout_s: float = 1800.0
+    dist_timeout_s: PositiveFloat = 1800.0
     """Seconds a collective waits for a missing rank before raising (no silent hang)."""
     official_host_roundtrips: bool = False
     """Reproduce the official loops' per-iteration host reads: every loss read with .item()-equivalent each step, as
@@ -471,23 +552,23 @@ class Train:
 # ----------------------------------------------------------------------------------------------------------- eval
 @_frozen
 class Eval:
-    input_size: tuple[int, int] = (1024, 512)
+    input_size: tuple[NonNegativeInt, NonNegativeInt] = (1024, 512)
     """(W, H) images are resized to before whole-image inference; (0, 0) keeps the native size."""
     align_corners: bool = True
     """align_corners when upsampling logits to label size (official AdaptSegNet numbers need True on torch >= 0.4)."""
     mode: str = "whole"
     """"whole" image inference or "slide" (sliding window, as U2PL's eval.sh)."""
-    crop: tuple[int, int] = (769, 769)
+    crop: tuple[PositiveInt, PositiveInt] = (769, 769)
     """(W, H) window of sliding-window inference."""
-    stride_ratio: float = 2.0 / 3.0
+    stride_ratio: Annotated[float, Range(0, 1, low_open=True)] = 2.0 / 3.0
     """Window stride as a fraction of the window size, for sliding-window inference."""
     class_subset: str = "all"
     """Classes averaged into mIoU: "all", "synthia16" or "synthia13"."""
-    batch_size: int = 1
+    batch_size: PositiveInt = 1
     """Images per evaluation forward."""
-    save_predictions: int = 4
+    save_predictions: NonNegativeInt = 4
     """How many colourised prediction PNGs to write per evaluation."""
-    max_images: int = 0
+    max_images: NonNegativeInt = 0
     """Evaluate at most this many images (0 = all)."""
     protocol: str = "standard"
     """An official evaluation protocol scored beside the standard one (bilinear logits to the label size, argmax):
@@ -500,7 +581,7 @@ class Eval:
 
 @_frozen
 class Export:
-    opset: int = 17
+    opset: Annotated[int, Range(17)] = 17
     """ONNX opset (>= 17)."""
     output: str = "label"
     """Exported output: "label" (argmax map at input size), "upsampled" logits or "logits" at stride 8."""
@@ -535,11 +616,16 @@ class Config:
 def _type_name(tp: Any) -> str:
     if isinstance(tp, type):
         return tp.__name__
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Annotated:
+        return " ".join([_type_name(args[0]), *(str(mark) for mark in args[1:] if isinstance(mark, Range))])
+    if origin is tuple:
+        return f"tuple[{', '.join('...' if a is Ellipsis else _type_name(a) for a in args)}]"
     return str(tp).replace("typing.", "")
 
 
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    return typing.get_type_hints(cls, include_extras=True)
 
 
 def _nearest(key: str, options: list[str]) -> str:
@@ -547,12 +633,19 @@ def _nearest(key: str, options: list[str]) -> str:
     return match[0] if match else ""
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check `value` against annotation `tp`; convert lists to tuples and ints to floats where declared."""
+def _coerce(value: Any, tp: Any, source: str, key: str) -> Any:
+    """Check `value` of dotted `key` against annotation `tp`; convert lists to tuples and ints to floats where
+    declared."""
+    where = f"{source}: key '{key}'"
     origin = typing.get_origin(tp)
+    if origin is Annotated:
+        value = _coerce(value, typing.get_args(tp)[0], source, key)
+        if not all(mark.holds(value) for mark in typing.get_args(tp)[1:] if isinstance(mark, Range)):
+            raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected float, got {type(value).__name__} {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{where}: expected float (finite), got {type(value).__name__} {value!r}")
         return float(value)
     if tp in (int, bool, str):
         if type(value) is not tp:
@@ -563,10 +656,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+            return tuple(_coerce(v, args[0], source, f"{key}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
             raise ConfigError(f"{where}: expected {len(args)} values ({_type_name(tp)}), got {len(value)}: {value!r}")
-        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=False)))
+        return tuple(_coerce(v, a, source, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=False)))
     raise ConfigError(f"{where}: unsupported field type {_type_name(tp)}")  # internal: a field type we never declare
 
 
@@ -591,8 +684,12 @@ def _build(cls: type, data: dict[str, Any], path: str, source: str) -> Any:
         elif dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value, dotted, source)
         else:
-            kwargs[key] = _coerce(value, tp, f"{source}: key '{dotted}'")
-    return cls(**kwargs)
+            kwargs[key] = _coerce(value, tp, source, dotted)
+    section = cls(**kwargs)
+    for key, expected, got in section._invalid() if hasattr(section, "_invalid") else ():
+        dotted = f"{path}.{key}" if path else key
+        raise ConfigError(f"{source}: key '{dotted}': expected {expected}, got {got!r}")
+    return section
 
 
 def _build_method(data: Any, source: str) -> Any:

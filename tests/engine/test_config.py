@@ -99,3 +99,75 @@ def test_no_field_is_copied_between_sections():
     assert docs["AdaptSegNet.d_betas"] == docs["AdvSemiSeg.d_betas"] == docs["_Discriminator.d_betas"]
     assert docs["SourceOnly.name"] == "Method name; selects this section's fields."
     assert config.AdaptSegNet().d_width == 64 and config.AdaptSegNet().lambda_seg == 0.1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "expected", "got"),
+    [  # issue 19 point 6: each of these trained nothing, exited 0 or ended in a raw traceback
+        (["schedule.stop_step=0"], "schedule.stop_step", "int >= 1", "0"),
+        (["schedule.stop_step=-5"], "schedule.stop_step", "int >= 1", "-5"),
+        (["schedule.total_steps=0", "schedule.stop_step=1"], "schedule.total_steps", "int >= 1", "0"),
+        (["train.log_every=0"], "train.log_every", "int >= 1", "0"),
+        (["train.iter_size=0"], "train.iter_size", "int >= 1", "0"),
+        (["train.eval_every=-1"], "train.eval_every", "int >= 0", "-1"),
+        (["train.checkpoint_every=-2"], "train.checkpoint_every", "int >= 0", "-2"),
+        (["data.num_workers=-1"], "data.num_workers", "int >= 0", "-1"),
+        (["data.source.batch_size=0"], "data.source.batch_size", "int >= 1", "0"),
+        (["data.val.fraction=0"], "data.val.fraction", "float in (0, 1]", "0.0"),
+        (["optim.lr=-0.1"], "optim.lr", "float > 0", "-0.1"),
+        (["optim.betas=[0.9, 1.0]"], "optim.betas[1]", "float in [0, 1)", "1.0"),
+        (["model.aspp_rates=[6, 0]"], "model.aspp_rates[1]", "int >= 1", "0"),
+        (["method.name=u2pl", "method.cutmix_p=1.5"], "method.cutmix_p", "float in [0, 1]", "1.5"),
+        (["method.name=adaptsegnet", "method.d_lr=0"], "method.d_lr", "float > 0", "0.0"),
+        (["export.opset=13"], "export.opset", "int >= 17", "13"),
+        # ranges that depend on another field
+        (
+            ["schedule.total_steps=100", "schedule.stop_step=101"],
+            "schedule.stop_step",
+            "<= schedule.total_steps (100) under policy 'poly'",
+            "101",
+        ),
+        (["schedule.policy=step", "schedule.step_size=0"], "schedule.step_size", ">= 1 under policy 'step'", "0"),
+        (
+            ["schedule.policy=multistep", "schedule.milestones=[20, 10]"],
+            "schedule.milestones",
+            "increasing steps",
+            "(20, 10)",
+        ),
+        (["data.source.scale_range=[1.5, 0.5]"], "data.source.scale_range", "(min, max) with min <= max", "(1.5, 0.5)"),
+        (["method.name=u2pl", "method.low_rank=20"], "method.low_rank", "< method.high_rank (20)", "20"),
+    ],
+)
+def test_numeric_ranges_name_file_key_expected_and_got(tmp_path, overrides, key, expected, got):
+    path = tmp_path / "r.toml"
+    path.write_text("[train]\nseed = 1\n")
+    with pytest.raises(ConfigError) as info:
+        config.load(str(path), overrides)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(str(path)) and f"key '{key}'" in message, message
+    assert f"expected {expected}" in message and message.endswith(f"got {got}"), message
+
+
+def test_ranges_accept_their_bounds_and_reject_non_finite():
+    cfg = config.load_dict(
+        {},
+        "x.toml",
+        [
+            "schedule.total_steps=5",
+            "schedule.stop_step=5",
+            "train.eval_every=0",
+            "data.num_workers=0",
+            "optim.momentum=0",
+            "schedule.power=0",
+        ],
+    )
+    assert (cfg.schedule.stop_step, cfg.train.eval_every, cfg.data.num_workers) == (5, 0, 0)
+    # a stop past the horizon is fine where the learning rate does not depend on it
+    cfg = config.load_dict({}, "x.toml", ["schedule.policy=constant", "schedule.total_steps=5", "schedule.stop_step=9"])
+    assert cfg.schedule.stop_step == 9
+    with pytest.raises(ConfigError, match=r"key 'optim.weight_decay': expected float \(finite\), got float nan"):
+        config.load_dict({"optim": {"weight_decay": float("nan")}}, "x.toml")
+    with pytest.raises(ConfigError, match=r"key 'data.mean\[0\]': expected float \(finite\), got float inf"):
+        config.load_dict({}, "x.toml", ["data.mean=[inf, 1, 1]"])
+    assert "schedule.stop_step (int >= 1, default 150000)" in config.describe_fields()
