@@ -25,11 +25,12 @@ Official code: github.com/Haochen-Wang409/U2PL, `train_semi.py` (`train`), `u2pl
 | official behaviour                                                           | switch / handling                 |
 |------------------------------------------------------------------------------|-----------------------------------|
 | teacher copy inside the iteration loop: teacher = student for a whole epoch  | method.teacher_copy_steps         |
-| `epoch / epochs` decay of the unreliable share and alpha_t (per epoch)        | method.steps_per_epoch            |
+| `epoch / epochs` decay of the unreliable share and alpha_t (per epoch); an   | method.steps_per_epoch (paper     |
+|   epoch is len(loader_l) = ceil(N / GPUs) // per-GPU batch (drop_last)       |   recipes: schedule_epochs)       |
 | negatives need (pseudo-)label == class (one-hot x high mask, U2PL#171): the  | always (official); labelled rows  |
-|   labelled part never contributes, unlabeled ones only via CutMix/mode gaps   |   are not enqueued                |
+|   labelled part never contributes, unlabeled ones only via CutMix/mode gaps  |   are not enqueued                |
 | i-th valid class pairs anchors/prototype of class i with the queue of        | always (official), see            |
-|   valid_classes[i] (the per-class lists are indexed by the enumeration)       |   `contrastive_slots`             |
+|   valid_classes[i] (the per-class lists are indexed by the enumeration)      |   `contrastive_slots`             |
 | contrastive loss 0 when at most one class is present                         | same                              |
 | `label_onehot` (utils.py:50) scatters along dim 0 with a (B, 1, H, W) index: | method.onehot = "official" (paper |
 |   per half-batch and rank, image 0 holds the union of the half's classes     |   recipes; "true" = per-image     |
@@ -37,6 +38,9 @@ Official code: github.com/Haochen-Wang409/U2PL, `train_semi.py` (`train`), `u2pl
 |   only image 0 of each half gives anchors / prototypes, only the first       |   several queues, pixel-major     |
 |   unlabeled image gives negatives, and one pixel can be a key for several    |   (`negative_slots`)              |
 |   classes                                                                    |                                   |
+| contrastive loss all-reduced, then / world_size (train_semi.py:515-518):     | same (all_reduce_mean, no autograd|
+|   value = rank mean, gradient = own / W, so its weight is 1/W: 1-GPU runs    |   through the reduction); recipes |
+|   weigh it 4x (VOC) / 8x (Cityscapes) the official runs                      |   and README say so               |
 | validation uses the student during sup-only epochs, then the teacher         | `eval_model()`                    |
 Deviations (no effect on the math unless stated): the memory bank lives on the device as ring buffers
 (kernels.memory_queue) and is checkpointed (the official CPU list is not saved); every unlabeled pixel (with the

@@ -217,6 +217,68 @@ def test_contrastive_enqueues_the_official_label_onehot_negatives(onehot_mode):
     assert per_pixel[num_labeled:].sum() > 0
 
 
+_RANK_SCRIPT = """
+import sys
+import torch
+from segadapt import distributed
+from segadapt.methods import u2pl
+from segadapt.models import build_segmenter
+from segadapt import config
+
+world = distributed.init("gloo", "cpu", 120.0)
+torch.manual_seed(0)
+cfg = config.load_dict({"model": {"name": "deeplabv3plus", "backbone": "resnet18", "width": 4, "num_classes": 5},
+                        "method": {"name": "u2pl", "low_rank": 1, "high_rank": 4, "num_queries": 4,
+                                   "num_negatives": 3, "queue_length": 50}}, "rank.toml")
+method = u2pl.build(build_segmenter(cfg.model), cfg)
+g = torch.Generator().manual_seed(10 + world.rank)  # each rank its own images
+nl, nu, d, h, w = 2, 2, method.model.rep_channels, 6, 8
+rep = torch.randn(nl + nu, d, h, w, generator=g).requires_grad_(True)
+rep_t = torch.randn(nl + nu, d, h, w, generator=g)
+prob = torch.softmax(torch.randn(nl + nu, 5, h, w, generator=g) * 2, dim=1)
+label_l = torch.randint(0, 5, (nl, h, w), generator=g)
+pseudo = torch.randint(0, 5, (nu, h, w), generator=g)
+low_u, high_u = torch.rand(nu, h, w, generator=g) < 0.5, torch.rand(nu, h, w, generator=g) < 0.7
+torch.manual_seed(100)  # the same anchor / negative draws on every rank
+method.contrastive(rep.detach(), rep_t, prob, label_l, pseudo, low_u, high_u)  # fill the queues first
+state = {key: value.clone() for key, value in method.state_dict().items()}
+torch.manual_seed(200 + world.rank)
+loss = method.contrastive(rep, rep_t, prob, label_l, pseudo, low_u, high_u)
+loss.backward()
+grad, rep.grad = rep.grad.clone(), None
+method.load_state_dict(state)  # the same queues and draws again, without the reduction: this rank's own loss
+distributed.all_reduce_mean = lambda tensor: tensor
+torch.manual_seed(200 + world.rank)
+local = method.contrastive(rep, rep_t, prob, label_l, pseudo, low_u, high_u)
+local.backward()
+torch.save({"loss": loss.detach(), "grad": grad, "local": local.detach(), "local_grad": rep.grad},
+           sys.argv[1] + f".{world.rank}")
+"""
+
+
+def test_contrastive_value_is_the_rank_mean_and_its_gradient_local_over_world_size(tmp_path):
+    """train_semi.py:515-518: `dist.all_reduce(contra_loss); contra_loss = contra_loss / world_size * loss_weight`.
+    The in-place all_reduce is invisible to autograd, so the value is the mean over ranks while each rank's gradient
+    is its own loss's gradient / world_size (then DDP averages ranks): the term weighs 1/W against the other losses."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "rank.py"
+    script.write_text(_RANK_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", str(script),
+               str(tmp_path / "out")]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"out.{rank}", weights_only=True) for rank in range(2)]
+    assert float(ranks[0]["local"]) != float(ranks[1]["local"])  # each rank's own loss differs ...
+    mean = (ranks[0]["local"] + ranks[1]["local"]) / 2
+    for rank in ranks:
+        torch.testing.assert_close(rank["loss"], mean)  # ... the value both return is their mean
+        assert rank["local_grad"].abs().sum() > 0
+        torch.testing.assert_close(rank["grad"], rank["local_grad"] / 2)  # the gradient of loss_r / W
+
+
 def test_contrastive_loss_is_zero_with_one_class():
     rep = torch.randn(2, 4, 3, 3, requires_grad=True)
     anchor = torch.zeros(2, C, 3, 3, dtype=torch.bool)
