@@ -122,11 +122,72 @@ def cmd_recipes(args) -> int:
 
 
 def _add_optional_parsers(sub) -> None:
+    """`export` and `predict`. The CLI imports these features (torch, onnx load here); they never import the CLI."""
+    _add_export_parser(sub)
+    _add_predict_parser(sub)
+
+
+def _add_export_parser(sub) -> None:
+    """`segadapt export CHECKPOINT --onnx OUT.onnx [--tensorrt OUT.plan --precision ...]`."""
+    import dataclasses
+
     from segadapt import export
+
+    docs = config_module.field_docs()
+    fields = "\n".join(
+        f"  export.{f.name}: {docs.get(f'Export.{f.name}', '')}" for f in dataclasses.fields(config_module.Export)
+    )
+    parser = sub.add_parser(
+        "export",
+        help="export a checkpoint to ONNX (and a TensorRT engine), checking parity at each stage",
+        description=export.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"config fields (set with --set KEY=VALUE):\n{fields}\n  eval.input_size: export size (W, H)\n"
+        "  eval.batch_size: batch of a static graph",
+    )
+    parser.add_argument("checkpoint", help="segadapt checkpoint (carries its config) or an official snapshot")
+    parser.add_argument("--onnx", required=True, metavar="OUT.onnx", help="ONNX file to write")
+    parser.add_argument(
+        "--recipe", default=None, help=f"architecture of an official snapshot (default {export.DEFAULT_RECIPE})"
+    )
+    add_set_argument(parser, "export.dynamic=true")
+    parser.add_argument(
+        "--images",
+        default=None,
+        metavar="DIR",
+        help="parity images (default: synthshift 'photo' images generated at the export size)",
+    )
+    parser.add_argument("--num-images", type=int, default=4, help="how many parity images (default 4)")
+    parser.add_argument("--val", action="store_true", help="also report the mIoU difference on the data.val stream")
+    parser.add_argument("--tensorrt", default=None, metavar="OUT.plan", help="also build a TensorRT engine")
+    parser.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16", help="engine precision")
+    parser.add_argument("--calib", default=None, metavar="DIR", help="images for INT8 entropy calibration")
+    parser.add_argument("--calib-cache", default=None, help="INT8 calibration cache (default OUT.plan.calib)")
+    parser.add_argument("--timing-cache", default=None, help="TensorRT timing cache (default OUT.plan.timing)")
+    parser.add_argument("--workspace", type=float, default=4.0, help="builder workspace limit in GiB (default 4)")
+    parser.add_argument("--max-batch", type=int, default=4, help="largest batch of a dynamic engine (default 4)")
+    parser.set_defaults(run=export.run_export)
+
+
+def _add_predict_parser(sub) -> None:
+    """`segadapt predict --model FILE IMAGES... --out DIR`."""
     from segadapt import predict
 
-    export.add_export_parser(sub)
-    predict.add_predict_parser(sub)
+    parser = sub.add_parser(
+        "predict",
+        help="segment images with a checkpoint, an ONNX model or a TensorRT engine",
+        description=predict.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", required=True, help="checkpoint / official snapshot, MODEL.onnx or MODEL.plan")
+    parser.add_argument("images", nargs="+", help="image files and/or directories of images")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--recipe", default=None, help="architecture of an official snapshot (default adaptseg_gta2cs)")
+    add_set_argument(parser, "eval.input_size=[1024,512]")
+    parser.add_argument("--device", default="auto", help="checkpoint device: auto, cpu or cuda (default auto)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the label colours")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(run=predict.run_predict)
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -179,20 +240,65 @@ def baseline_section(cfg, name: str):
 
 
 def check_datasets(cfg) -> None:
-    """Stop before building anything when a stream's dataset root is missing, showing the layout expected."""
-    from segadapt.data.datasets import layout_help
+    """Stop before building anything when a stream's tree is missing (showing the layout expected) or holds bad
+    files: every stream's split is validated (`datasets.validate_tree`: pairs, header sizes and formats, label ids of
+    a sample). Bad files stop the run, one line each, unless data.skip_bad, which leaves them out of the streams;
+    either way they and any label ids outside the protocol are listed in RUN_DIR/data_check.txt."""
+    from segadapt import distributed
+    from segadapt.checkpoint import atomic_write_text
+    from segadapt.data import datasets
     from segadapt.methods import METHODS  # noqa: F401 - validates method names early via config
+    from segadapt.train import run_dir_for
 
     if cfg.data.synthshift.generate:
-        return
+        return  # generated by segadapt itself, inside train
+    is_main = distributed.env_world().is_main
+    report: list[str] = []
+    stops: list[str] = []
+    checked: dict[tuple[str, str, str], datasets.TreeCheck] = {}
     for name in ("source", "target", "labeled", "unlabeled", "val"):
         stream = getattr(cfg.data, name)
-        if stream.dataset and not Path(stream.root).is_dir():
+        if not stream.dataset:
+            continue
+        if not Path(stream.root).is_dir():
             raise ConfigError(
                 f"data.{name}.root = {stream.root!r} does not exist. {stream.dataset} is expected in this layout:\n"
-                f"{layout_help(stream.dataset)}\n"
+                f"{datasets.layout_help(stream.dataset)}\n"
                 f"Point the recipe at it with --set data.{name}.root=/path/to/{stream.dataset}"
             )
+        key = (str(Path(stream.root).resolve()), stream.dataset, stream.split)
+        if key in checked:
+            continue
+        check = checked[key] = datasets.validate_tree(
+            stream.root, stream.dataset, stream.split, all_ids=cfg.data.check_all_label_ids
+        )
+        if is_main:
+            print(
+                f"data check: data.{name} {stream.dataset} at {stream.root} ({stream.split}): {check.pairs} pairs, "
+                f"{len(check.problems)} bad, ids of {check.ids_checked} labels read, {check.seconds:.1f} s"
+                + (" (unchanged since the last check)" if check.cached else "")
+            )
+        if check.problems or check.unknown_ids:
+            report += [f"# data.{name}: {stream.dataset} at {stream.root} ({stream.split})", *check.problems]
+            report += [f"warning: {line}" for line in check.unknown_ids]
+        if check.problems and not cfg.data.skip_bad:
+            stops.append(f"data.{name}: {len(check.problems)} bad file(s) under {stream.root}:")
+            stops += [f"  {line}" for line in check.problems[:10]]
+            stops += [f"  ... and {len(check.problems) - 10} more"] if len(check.problems) > 10 else []
+        elif check.problems:
+            datasets.skip_samples(stream.root, stream.dataset, stream.split, set(check.bad))
+            if is_main:
+                print(f"data check: data.{name}: training without {len(check.problems)} bad file(s) (data.skip_bad)")
+        for line in check.unknown_ids[:3] if is_main else ():
+            print(f"data check: warning: {line}")
+    listing = run_dir_for(cfg) / "data_check.txt"
+    if report and is_main:
+        atomic_write_text(listing, "\n".join(report) + "\n")
+    if stops:
+        where = f"; every problem is listed in {listing}" if is_main else ""
+        raise ConfigError(
+            "\n".join(stops) + f"\nfix or remove these files, or set data.skip_bad = true to train on the rest{where}"
+        )
 
 
 def cmd_evaluate(args) -> int:

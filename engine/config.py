@@ -177,6 +177,12 @@ class Data:
     """Per-channel mean subtracted from 0..255 pixels, in `channel_order`."""
     std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = (1.0, 1.0, 1.0)
     """Per-channel std the centred pixels are divided by; (1, 1, 1) is the official DeepLab-v2 protocol."""
+    skip_bad: bool = False
+    """Before the first step every stream's tree is checked (pairs, sizes and formats from the file headers, label
+    ids of a sample); a bad file stops the run. True trains on the rest instead; either way the files are listed in
+    the run directory's data_check.txt."""
+    check_all_label_ids: bool = False
+    """Read every label file's ids in that check, not only an evenly spaced sample of them."""
     source: Stream = field(default_factory=Stream)
     """Labelled source-domain stream (domain adaptation)."""
     target: Stream = field(default_factory=Stream)

@@ -12,6 +12,11 @@ protocol's lookup table (`labels.label_lut`), so every reader returns trainIds (
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import os
+import time
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
@@ -187,7 +192,9 @@ def list_samples(stream: Stream) -> list[Sample]:
             f"{stream.dataset}: no images found under {stream.root} (split {stream.split!r}); expected layout:\n"
             f"{layout_help(stream.dataset)}"
         )
-    return draw_subset(samples, stream)
+    samples = draw_subset(samples, stream)
+    skipped = _SKIPPED.get(_tree_key(stream.root, stream.dataset, stream.split))
+    return [sample for sample in samples if sample.id not in skipped] if skipped else samples
 
 
 def _fraction_count(stream: Stream, total: int) -> int:
@@ -230,10 +237,22 @@ def draw_subset(samples: list[Sample], stream: Stream) -> list[Sample]:
 
 
 # --------------------------------------------------------------------------------------------------- reading
+WIDE_IMAGE_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+"""PIL modes of 16- and 32-bit single-channel images: convert("RGB") clips them to 255, an all-white picture."""
+
+
+def _wide_image_error(mode: str) -> str:
+    return (f"a 16/32-bit greyscale image (PIL mode {mode}) would be read as all white; "
+            "convert it to 8-bit RGB")  # fmt: skip
+
+
 def read_image(path: str | Path) -> np.ndarray:
-    """Decode an image file to (H, W, 3) uint8 RGB; a missing, corrupt or truncated file raises ValueError."""
+    """Decode an image file to (H, W, 3) uint8 RGB; a missing, corrupt, truncated or 16-bit greyscale file raises
+    ValueError."""
     try:
         with Image.open(path) as image:
+            if image.mode in WIDE_IMAGE_MODES:
+                raise ValueError(_wide_image_error(image.mode))
             image.load()
             return np.array(image.convert("RGB"))
     except (OSError, SyntaxError, ValueError) as error:
@@ -357,3 +376,163 @@ def format_report(report: CheckReport) -> str:
             lines.extend(f"  {item}" for item in items)
     lines.append("OK" if report.ok else "FAILED")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------- validation before training
+# `validate_tree` checks a whole split the way a training run needs it, before the first step: every image has its
+# label and every label its image, both open and their headers agree (size; an 8-bit label; no 16-bit greyscale
+# image), and the label ids of an evenly spaced sample (or of every file) are inside the protocol. It reads headers,
+# not pixels, so GTA5's 24,966 pairs take seconds; the result is cached per tree, keyed by every file's size and
+# mtime, so an unchanged tree is not read again. Bad files stop the run unless `data.skip_bad`, which removes them
+# from `list_samples` through `skip_samples`.
+
+CHECK_VERSION = 1
+"""Bump when the checks change: cached results of older checks are then not used."""
+ID_SAMPLE = 64
+"""Label files whose ids are read in full when `data.check_all_label_ids` is off (evenly spaced over the ids)."""
+_SKIPPED: dict[tuple[str, str, str], frozenset[str]] = {}
+
+
+def _tree_key(root: str | Path, dataset: str, split: str) -> tuple[str, str, str]:
+    return str(Path(root).resolve()), dataset, split
+
+
+def skip_samples(root: str | Path, dataset: str, split: str, ids: set[str] | frozenset[str]) -> None:
+    """Leave `ids` out of every `list_samples` of this tree from now on in this process (`data.skip_bad`)."""
+    key = _tree_key(root, dataset, split)
+    _SKIPPED[key] = _SKIPPED.get(key, frozenset()) | frozenset(ids)
+
+
+@dataclass
+class TreeCheck:
+    """What `validate_tree` found: `bad` maps a sample id to its problem, `orphans` are labels without an image
+    (both stop a run unless data.skip_bad); `unknown_ids` are warnings (those ids are read as ignore, 255, which is
+    the protocol)."""
+
+    root: str
+    dataset: str
+    split: str
+    pairs: int = 0
+    bad: dict[str, str] = field(default_factory=dict)
+    orphans: list[str] = field(default_factory=list)
+    unknown_ids: list[str] = field(default_factory=list)
+    ids_checked: int = 0
+    seconds: float = 0.0
+    cached: bool = False
+
+    @property
+    def problems(self) -> list[str]:
+        """One line per bad file."""
+        return [*self.orphans, *self.bad.values()]
+
+
+def _header(path: Path, dataset: str, label: bool) -> tuple[int, int]:
+    """(W, H) from a file's header; ValueError with the reason when the file is not what training would read."""
+    if label and dataset == "synthia":
+        try:
+            reader = png.Reader(filename=str(path))
+            reader.preamble()
+        except (OSError, png.Error) as error:
+            raise ValueError(f"cannot read synthia label {path}: {error}") from error
+        return reader.width, reader.height
+    try:
+        with Image.open(path) as image:
+            mode, size = image.mode, image.size
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"cannot read {'label' if label else 'image'} {path}: {error}") from error
+    if label and mode not in ("L", "P"):
+        raise ValueError(f"{path}: expected a single-channel 8-bit label (mode L or P), got mode {mode}")
+    if not label and mode in WIDE_IMAGE_MODES:
+        raise ValueError(f"{path}: {_wide_image_error(mode)}")
+    return size
+
+
+def _check_pair(sample: Sample, dataset: str) -> str:
+    """The first problem of a pair, or ""."""
+    if not sample.image.is_file():
+        return f"{sample.image}: image missing (its label would be {sample.label})"
+    if not sample.label.is_file():
+        return f"{sample.image}: image without label (expected {sample.label})"
+    try:
+        image_size = _header(sample.image, dataset, label=False)
+        label_size = _header(sample.label, dataset, label=True)
+    except ValueError as error:
+        return str(error)
+    if image_size != label_size:
+        return (f"{sample.label}: label {label_size[0]}x{label_size[1]} but image {image_size[0]}x{image_size[1]} "
+                f"({sample.image.name})")  # fmt: skip
+    return ""
+
+
+def _fingerprint(paths: list[Path]) -> str:
+    """A digest of every file's path, size and mtime (a missing file counts as such)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            info = path.stat()
+            digest.update(f"{path}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{path}\0missing\n".encode())
+    return digest.hexdigest()
+
+
+def cache_dir() -> Path:
+    """Where tree checks are cached: $SEGADAPT_CACHE, else $XDG_CACHE_HOME/segadapt, else ~/.cache/segadapt."""
+    if os.environ.get("SEGADAPT_CACHE"):
+        return Path(os.environ["SEGADAPT_CACHE"]) / "datacheck"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "segadapt" / "datacheck"
+
+
+def validate_tree(root: str | Path, dataset: str, split: str = "train", all_ids: bool = False,
+                  use_cache: bool = True) -> TreeCheck:  # fmt: skip
+    """Check every pair of a split for training (see the section comment); raises ValueError for a bad layout."""
+    start = time.perf_counter()
+    samples = list_pairs(root, dataset, split)
+    orphans = _orphan_labels(Path(root), dataset, split, samples)
+    paths = [path for sample in samples for path in (sample.image, sample.label)] + orphans
+    key = hashlib.sha256(repr((CHECK_VERSION, *_tree_key(root, dataset, split), all_ids)).encode()).hexdigest()[:24]
+    cache = cache_dir() / f"{key}.json"
+    fingerprint = _fingerprint(paths)
+    if use_cache:
+        try:
+            stored = json.loads(cache.read_text())
+            if stored.get("fingerprint") == fingerprint:
+                check = TreeCheck(**stored["check"])
+                check.cached, check.seconds = True, time.perf_counter() - start
+                return check
+        except (OSError, ValueError, TypeError):
+            pass  # no cache yet, or an unreadable one: check the tree
+    check = TreeCheck(str(root), dataset, split, pairs=len(samples))
+    check.orphans = [f"{orphan}: label without image" for orphan in orphans]
+    for sample in samples:
+        problem = _check_pair(sample, dataset)
+        if problem:
+            check.bad[sample.id] = problem
+    good = [sample for sample in samples if sample.id not in check.bad]
+    step = 1 if all_ids else max(1, len(good) // ID_SAMPLE)
+    for sample in good[::step]:
+        try:
+            raw = read_raw_label(sample.label, dataset)
+        except ValueError as error:
+            check.bad[sample.id] = str(error)
+            continue
+        check.ids_checked += 1
+        unknown = sorted(set(np.unique(raw).tolist()) - KNOWN_RAW_IDS[dataset])
+        if unknown:
+            check.unknown_ids.append(f"{sample.label}: ids {unknown} are outside the {dataset} protocol (read as 255)")
+    check.seconds = time.perf_counter() - start
+    if use_cache:
+        _write_cache(cache, fingerprint, check)
+    return check
+
+
+def _write_cache(path: Path, fingerprint: str, check: TreeCheck) -> None:
+    record = {k: v for k, v in dataclasses.asdict(check).items() if k not in ("seconds", "cached")}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        temp.write_text(json.dumps({"fingerprint": fingerprint, "check": record}))
+        os.replace(temp, path)
+    except OSError:
+        pass  # a read-only cache costs a re-check next time, nothing else
