@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from segadapt import config as config_module
+from segadapt import export
 from segadapt.bench.common import RESULTS_DIR
 from segadapt.bench.common import Case
 from segadapt.bench.common import Result
@@ -34,8 +36,6 @@ from segadapt.bench.common import peak_memory
 from segadapt.bench.common import result_path
 from segadapt.bench.common import time_fn
 from segadapt.bench.common import write_json
-from segadapt import config as config_module
-from segadapt import export
 
 PROVIDERS = ("eager-fp32", "compiled-amp-cl", "onnxruntime", "tensorrt-fp16", "tensorrt-int8")
 COLUMNS = ("case", "provider", "median_ms", "p20_ms", "p80_ms", "images_per_s", "peak_memory_mib", "note")

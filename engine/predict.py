@@ -13,7 +13,6 @@ blended with the Cityscapes or VOC palette).
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 from collections.abc import Callable
@@ -240,30 +239,8 @@ def predict_files(
     return written
 
 
-# ------------------------------------------------------------------------------------------------------- CLI
-def add_predict_parser(subparsers) -> argparse.ArgumentParser:
-    """`segadapt predict --model FILE IMAGES... --out DIR`."""
-    parser = subparsers.add_parser(
-        "predict",
-        help="segment images with a checkpoint, an ONNX model or a TensorRT engine",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--model", required=True, help="checkpoint / official snapshot, MODEL.onnx or MODEL.plan")
-    parser.add_argument("images", nargs="+", help="image files and/or directories of images")
-    parser.add_argument("--out", required=True, help="output directory")
-    parser.add_argument("--recipe", default=None, help="architecture of an official snapshot (default adaptseg_gta2cs)")
-    from segadapt.cli import add_set_argument
-
-    add_set_argument(parser, "eval.input_size=[1024,512]")
-    parser.add_argument("--device", default="auto", help="checkpoint device: auto, cpu or cuda (default auto)")
-    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the label colours")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(run=run_predict)
-    return parser
-
-
 def run_predict(args, log=print) -> int:
+    """`segadapt predict` (its parser is built in cli.py): open the model, write every image's outputs."""
     backend = open_model(args.model, args.recipe, args.overrides, args.device)
     files = export_module.image_files(args.images)
     written = predict_files(backend, files, args.out, progress=not args.no_progress, alpha=args.alpha)

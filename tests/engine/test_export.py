@@ -1,4 +1,4 @@
-"""engine/export.py: ONNX export of checkpoints and official snapshots, each stage's check and error, TensorRT gating.
+"""engine/export/: ONNX export of checkpoints and official snapshots, each stage's check and error, TensorRT gating.
 
 Models are tiny (DeepLab-v2 ResNet-18 at width 8, or the toy net) and images small, so everything runs on a CPU.
 """
