@@ -175,9 +175,15 @@ def test_parity_with_val_reports_zero_miou_difference(segadapt_checkpoint, tmp_p
 
 # --------------------------------------------------------------------------------------------- stage failures
 def test_opset_below_17_is_an_export_stage_error(segadapt_checkpoint, tmp_path):
-    path, _ = segadapt_checkpoint
-    with pytest.raises(export.ExportError, match="export stage 'onnx export' failed: export.opset = 16"):
+    path, model = segadapt_checkpoint
+    # From the command line the config's range check (Export.opset >= 17) refuses it first, naming the key.
+    with pytest.raises(config_module.ConfigError, match=r"key 'export.opset': expected int >= 17, got 16"):
         export.run_export(_args(path, tmp_path / "o.onnx", overrides=["export.opset=16"]), log=lambda line: None)
+    # A section built in code reaches the stage, which still names itself.
+    section = config_module.Export(opset=16)
+    wrapper = export.ExportWrapper(model, "label").eval()
+    with pytest.raises(export.ExportError, match="export stage 'onnx export' failed: export.opset = 16"):
+        export.export_onnx(wrapper, tmp_path / "o.onnx", section, (96, 64), 1, {})
     assert not (tmp_path / "o.onnx").exists()
 
 
