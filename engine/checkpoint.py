@@ -26,6 +26,9 @@ def atomic_write_bytes(path: str | os.PathLike, writer) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as error:  # a full or read-only disk: name the file, not torch's writer (errno has no filename)
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(error.errno, error.strerror or str(error), str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -53,7 +56,11 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001 - re-raised with the file named
-        raise ValueError(f"checkpoint {path} could not be loaded safely (weights_only=True): {error}") from error
+        from segadapt.models.weights import _reason  # torch's one useful line, without its weights_only=False advice
+
+        raise ValueError(
+            f"checkpoint {path} could not be loaded safely (weights_only=True, never code): {_reason(error)}"
+        ) from None
 
 
 def latest(directory: str | os.PathLike) -> Path | None:

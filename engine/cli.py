@@ -354,6 +354,14 @@ def cmd_data(args) -> int:
     return 0 if report.ok else 1
 
 
+def os_error_line(error: OSError) -> str:
+    """`FILE: reason` of an OSError (its own message when it names no file)."""
+    if error.filename is None or not error.strerror:
+        return str(error)
+    files = f"{error.filename} -> {error.filename2}" if error.filename2 else f"{error.filename}"
+    return f"{files}: {error.strerror}"
+
+
 def main(argv: list[str] | None = None) -> int:
     from segadapt.train import NonFiniteLoss
 
@@ -373,8 +381,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "data":
             return cmd_data(args)
         return args.run(args)
-    except (ConfigError, ValueError, FileNotFoundError) as error:
+    except (ConfigError, ValueError) as error:
         print(f"segadapt: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a full or read-only disk, an impossible path: the file and the reason, one line
+        print(f"segadapt: error: {os_error_line(error)}", file=sys.stderr)
         return 2
     except NonFiniteLoss as error:
         print(f"segadapt: stopped: {error}", file=sys.stderr)

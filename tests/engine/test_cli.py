@@ -89,3 +89,71 @@ def test_unknown_baseline_is_named():
 
     with pytest.raises(config.ConfigError, match="train.compare_methods names 'oracle'"):
         baseline_section(config.load("demo"), "oracle")
+
+
+def _toy_demo_sets(tmp_path, run_dir):
+    sets = {
+        "model.width": "8",
+        "data.synthshift.out": f'"{tmp_path / "synth"}"',
+        "data.synthshift.count": "8",
+        "data.synthshift.size": "[64, 32]",
+        "data.source.root": f'"{tmp_path / "synth" / "gta5"}"',
+        "data.target.root": f'"{tmp_path / "synth" / "cityscapes"}"',
+        "data.val.root": f'"{tmp_path / "synth" / "cityscapes"}"',
+        "data.num_workers": "0",
+        "schedule.stop_step": "2",
+        "schedule.total_steps": "2",
+        "train.progress": "false",
+        "train.tensorboard": "false",
+        "train.compare_methods": "[]",
+        "train.run_dir": f'"{run_dir}"',
+    }
+    return [x for key, value in sets.items() for x in ("--set", f"{key}={value}")]
+
+
+def test_impossible_run_directory_is_one_line_naming_it(tmp_path, capsys):
+    # issue 19 point 7: this was a chained traceback
+    (tmp_path / "file").write_text("not a directory")
+    run_dir = tmp_path / "file" / "run"
+    assert cli.main(["train", "demo", *_toy_demo_sets(tmp_path, run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"segadapt: error: {run_dir}: ") and "Traceback" not in err
+
+
+def test_full_disk_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from segadapt import checkpoint
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.os, "fsync", full)
+    run_dir = tmp_path / "run"
+    assert cli.main(["train", "demo", *_toy_demo_sets(tmp_path, run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"segadapt: error: {run_dir / 'config.json'}: No space left on device\n"
+
+
+class _Payload:
+    """A pickle that would create a file when unpickled with weights_only=False."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_resume_from_a_code_payload_is_one_line_without_torchs_advice(tmp_path, capsys):
+    # issue 19 point 7: torch's message advises weights_only=False, which would run this file's code
+    import pickle
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"model": _Payload(tmp_path / "ran")}, protocol=2))
+    args = ["train", "demo", *_toy_demo_sets(tmp_path, tmp_path / "run"), "--resume", str(evil)]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"segadapt: error: checkpoint {evil} could not be loaded safely")
+    assert "weights_only=False" not in err and "will likely succeed" not in err
+    assert not (tmp_path / "ran").exists()
