@@ -15,8 +15,8 @@ from typing import Any
 from segadapt.bench.common import RESULTS_DIR
 from segadapt.bench.common import markdown_table
 
-BENCHES = ("kernels", "loader", "infer", "train")
-USAGE = "usage: python -m segadapt.bench {kernels,loader,infer,train,report} [options]  (python -m segadapt.bench train --help)"
+BENCHES = ("kernels", "loader", "infer", "train", "methods")
+USAGE = "usage: python -m segadapt.bench {kernels,loader,infer,train,methods,report} [options]  (python -m segadapt.bench train --help)"
 ENV_KEYS = ("device_name", "torch", "triton", "dali", "cuda", "git_sha", "timestamp")
 
 
@@ -89,6 +89,9 @@ def report(results_dir: Path = RESULTS_DIR) -> Path:
     if chart is not None:
         parts += ["", f"![training speedup over row a]({chart.name})"]
     parts += ["", *(_section(path, payload) + "\n" for path, payload in results)]
+    from segadapt.bench.methods import report_sections  # the methods protocol's lanes, bench/results/methods/
+
+    parts += ["", *report_sections(results_dir / "methods")]
     page = results_dir / "REPORT.md"
     page.write_text("\n".join(parts).rstrip() + "\n")
     print(f"wrote {page}" + (f" and {chart}" if chart else ""))

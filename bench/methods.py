@@ -1,0 +1,737 @@
+"""`python -m segadapt.bench methods`: does each method beat its baseline, over seeds, with an interval? (issue 18)
+
+The protocol that replaces bench/demo_methods.sh. A lane is one comparison: a baseline (the lower row), the methods
+and a ceiling, each trained with the same recipe settings (the baseline and ceiling differ from the method only in
+the `[method]` section and, for the full-label ceiling, the labelled fraction), over K training seeds x D data seeds.
+A data seed is synthshift's generation seed: every data seed is its own synthshift copy under
+RUNS/data/synthshift-d<D>-<W>x<H>-n<count>/, so a pair (data seed, training seed) is a fresh draw of images and of
+training randomness. Data seed 0 generated the data the demo recipes were tuned on; results that include it are
+marked "tuning", not held out.
+
+Lanes (each run alone with --lane):
+
+- uda-adaptseg: source-only | AdaptSegNet multi-level | AdaptSegNet single-level | target oracle (`demo`)
+- uda-lsd: source-only | LSD-seg | target oracle (`lsd_demo`)
+- semi: per network, supervised-only on the labelled share | AdvSemiSeg or U2PL | full-label model
+- semi-init: the same from the pretrained start (`semi_demo_init_*`, trained once per data seed at seed 0)
+- mm: random init -> fine-tune | colorization -> fine-tune | colorization -> M&M -> fine-tune | full labels
+
+Every run is a subprocess `python -m segadapt train RECIPE --set ...` (one thread) into
+RUNS/<lane>/<arm>/d<D>-s<S>/; its final and best evaluation are read from that run's metrics.jsonl. A run whose
+results.json exists and whose config.json equals what the protocol would run now is not run again (resumable);
+an unfinished or stale run directory is removed and the run repeated.
+
+Per lane and table the result JSON, markdown and one PNG (bars with 95% intervals) go to bench/results/methods/
+<lane>-<device>.{json,md,png}: mean and std of mIoU (last snapshot; best-on-val, which selects on the data it is
+scored on, labelled as such), the paired difference to the baseline over the (data seed, training seed) pairs with a
+95% Student-t interval, the win rate over those pairs and the share of the baseline-to-ceiling gap closed, plus the
+training seconds per arm. `python -m segadapt.bench report` renders the same files from the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from segadapt.bench.common import RESULTS_DIR
+from segadapt.bench.common import write_json
+
+METHODS_RESULTS = RESULTS_DIR / "methods"
+STREAMS = ("source", "target", "labeled", "unlabeled", "val")
+QUICK = ("schedule.total_steps=2", "schedule.stop_step=2", "train.eval_every=0", "train.checkpoint_every=0")
+"""--quick: every run trains 2 steps and is evaluated once, at the end (plumbing, not a measurement)."""
+TUNING_DATA_SEED = 0
+"""The synthshift seed the demo recipes' settings were chosen on (their data.synthshift.seed)."""
+
+
+# ---------------------------------------------------------------------------------------------------------- lanes
+@dataclass(frozen=True)
+class Arm:
+    """One row of a lane's table (or a stage another row starts from)."""
+
+    key: str
+    """Directory name under RUNS/<lane>/, unique in its lane."""
+    label: str
+    role: str
+    """"baseline" (the lower row), "method", "ceiling" or "stage" (trained only as another arm's start)."""
+    recipe: str
+    overrides: tuple[str, ...] = ()
+    start_from: str = ""
+    """Key of the stage whose final checkpoint becomes this run's model.pretrained; "" = none."""
+    once_per_data_seed: bool = False
+    """A stage trained once per data seed at training seed 0 (a shared pretrained start), not once per pair."""
+    versus: tuple[str, ...] = ()
+    """Other arms of the same table this one is also compared with, paired (e.g. M&M against colorization)."""
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    arms: tuple[Arm, ...]
+
+    def arm(self, role: str) -> Arm | None:
+        return next((arm for arm in self.arms if arm.role == role), None)
+
+
+@dataclass(frozen=True)
+class Lane:
+    name: str
+    description: str
+    tables: tuple[Table, ...]
+    stages: tuple[Arm, ...] = ()
+
+    def arms(self) -> list[Arm]:
+        """Stages first (so a plan lists a start before the runs that read it), then every table's rows."""
+        return [*self.stages, *(arm for table in self.tables for arm in table.arms)]
+
+
+def _method(name: str, **fields: str) -> str:
+    """`--set method={...}`: replaces the whole [method] table, so the baseline gets its own section's defaults,
+    exactly as `train.compare_methods` builds it (segadapt.cli.baseline_section)."""
+    body = ", ".join([f'name = "{name}"', *(f'{key} = "{value}"' for key, value in fields.items())])
+    return f"method={{{body}}}"
+
+
+SOURCE_ONLY = _method("sourceonly")
+ORACLE = _method("supervised", stream="target")  # all 150 labelled target train images: the UDA ceiling
+LABELLED_SHARE = _method("supervised", stream="labeled")  # the semi recipe's labelled share only
+FULL_LABELS = (LABELLED_SHARE, "data.labeled.fraction=1.0")  # every train image labelled: the semi ceiling
+SINGLE_LEVEL = ("method.lambda_seg=0.0", "method.lambda_adv_target1=0.0")  # official README single-level command
+
+
+def _uda(recipe: str, method: Arm) -> Table:
+    return Table(
+        f"{recipe}: game -> photo",
+        (
+            Arm("sourceonly", "source-only", "baseline", recipe, (SOURCE_ONLY,)),
+            method,
+            Arm("oracle", "target oracle (all target labels)", "ceiling", recipe, (ORACLE,)),
+        ),
+    )
+
+
+def _semi(network: str, recipe: str, method: Arm, start: str = "") -> Table:
+    base = "pretrained start" if start else "from scratch"
+    return Table(
+        f"{recipe}, {base}: {network}",
+        (
+            Arm(f"supervised-{network}", "supervised-only (labelled share)", "baseline", recipe, (LABELLED_SHARE,),
+                start_from=start),
+            method,
+            Arm(f"full-{network}", "full-label model (ceiling)", "ceiling", recipe, FULL_LABELS, start_from=start),
+        ),
+    )  # fmt: skip
+
+
+def _lanes() -> dict[str, Lane]:
+    adaptseg = _uda("demo", Arm("adaptsegnet", "AdaptSegNet multi-level", "method", "demo"))
+    adaptseg = Table(adaptseg.title, (*adaptseg.arms[:2], Arm(
+        "adaptsegnet-single", "AdaptSegNet single-level", "method", "demo", SINGLE_LEVEL), adaptseg.arms[2]))  # fmt: skip
+    init_v2 = Arm("init-v2", "source-domain start, DeepLab-v2", "stage", "semi_demo_init_deeplabv2",
+                  once_per_data_seed=True)  # fmt: skip
+    init_v3 = Arm("init-v3plus", "source-domain start, DeepLab-v3+", "stage", "semi_demo_init_deeplabv3plus",
+                  once_per_data_seed=True)  # fmt: skip
+    scratch = 'model.pretrained=""'
+    finetune = "mm_demo_finetune"
+    lanes = [
+        Lane("uda-adaptseg", "AdaptSegNet (single- and multi-level) vs source-only, target oracle", (adaptseg,)),
+        Lane("uda-lsd", "LSD-seg vs source-only, target oracle",
+             (_uda("lsd_demo", Arm("lsdseg", "LSD-seg", "method", "lsd_demo")),)),
+        Lane("semi", "AdvSemiSeg and U2PL vs supervised-only on the labelled share, full-label ceiling, from scratch", (
+            _semi("v2", "semi_demo_advsemiseg", Arm("advsemiseg", "AdvSemiSeg", "method", "semi_demo_advsemiseg")),
+            _semi("v3plus", "semi_demo_u2pl", Arm("u2pl", "U2PL", "method", "semi_demo_u2pl")))),
+        Lane("semi-init", "the semi lane from a pretrained start (source-domain model, once per data seed)", (
+            _semi("v2", "semi_demo_advsemiseg", Arm("advsemiseg", "AdvSemiSeg", "method", "semi_demo_advsemiseg",
+                                                    start_from="init-v2"), start="init-v2"),
+            _semi("v3plus", "semi_demo_u2pl", Arm("u2pl", "U2PL", "method", "semi_demo_u2pl",
+                                                  start_from="init-v3plus"), start="init-v3plus")),
+             stages=(init_v2, init_v3)),
+        Lane("mm", "colorization and Mix-and-Match pre-training vs random init, fine-tuned on the labelled share", (
+            Table("mm_demo_*: hypercolumn VGG-16-BN", (
+                Arm("scratch", "random init -> fine-tune", "baseline", finetune, (scratch,)),
+                Arm("colorization", "colorization -> fine-tune", "method", finetune, start_from="colorize"),
+                Arm("mixmatch", "colorization -> M&M -> fine-tune", "method", finetune, start_from="mixmatch-stage",
+                    versus=("colorization",)),
+                Arm("full", "random init, full labels (ceiling)", "ceiling", finetune,
+                    (scratch, "data.labeled.fraction=1.0")))),),
+             stages=(Arm("colorize", "colorization pre-training", "stage", "mm_demo_colorize"),
+                     Arm("mixmatch-stage", "M&M stage", "stage", "mm_demo_mixmatch", start_from="colorize"))),
+    ]  # fmt: skip
+    return {lane.name: lane for lane in lanes}
+
+
+LANES = _lanes()
+
+
+# ----------------------------------------------------------------------------------------------------- statistics
+def _log_beta_continued_fraction(a: float, b: float, x: float) -> float:
+    """The continued fraction of the regularized incomplete beta function (modified Lentz; Numerical Recipes
+    `betacf`), converging for x < (a + 1) / (a + b + 2)."""
+    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    result = d
+    for m in range(1, 400):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):  # fmt: skip
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            result *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return result
+
+
+def incomplete_beta(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta I_x(a, b) for 0 <= x <= 1."""
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _log_beta_continued_fraction(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _log_beta_continued_fraction(b, a, 1.0 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """Student-t cumulative distribution: P(T <= t) = 1 - I_{df/(df+t^2)}(df/2, 1/2) / 2 for t >= 0."""
+    tail = 0.5 * incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t >= 0 else tail
+
+
+def t_quantile(probability: float, df: float) -> float:
+    """The Student-t quantile (scipy.stats.t.ppf) by bisection on `t_cdf`; scipy is not a dependency."""
+    if not 0.0 < probability < 1.0 or df <= 0:
+        raise ValueError(f"t_quantile: need 0 < probability < 1 and df > 0, got {probability}, {df}")
+    if probability < 0.5:
+        return -t_quantile(1.0 - probability, df)
+    low, high = 0.0, 1.0
+    while t_cdf(high, df) < probability:
+        high *= 2.0
+    for _ in range(200):
+        middle = 0.5 * (low + high)
+        low, high = (middle, high) if t_cdf(middle, df) < probability else (low, middle)
+    return 0.5 * (low + high)
+
+
+def describe(values: list[float]) -> dict[str, Any]:
+    """n, mean and sample standard deviation (n - 1; None below 2 values)."""
+    n = len(values)
+    mean = sum(values) / n if n else None
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
+    return {"n": n, "mean": mean, "std": std}
+
+
+def paired(values: dict[str, float], baseline: dict[str, float], confidence: float = 0.95) -> dict[str, Any]:
+    """Paired difference values - baseline over the pairs both have: mean, std, the Student-t interval of the mean
+    (mean +- t_{(1+c)/2, n-1} * std / sqrt(n); None below 2 pairs) and wins (difference > 0) over n."""
+    pairs = sorted(set(values) & set(baseline))
+    differences = [values[p] - baseline[p] for p in pairs]
+    stats = describe(differences)
+    interval = None
+    if stats["n"] > 1:
+        half = t_quantile((1.0 + confidence) / 2.0, stats["n"] - 1) * stats["std"] / math.sqrt(stats["n"])
+        interval = [stats["mean"] - half, stats["mean"] + half]
+    wins = sum(d > 0 for d in differences)
+    return {**stats, "ci95": interval, "wins": wins, "win_rate": wins / len(pairs) if pairs else None}
+
+
+def gap_closed(values: dict[str, float], baseline: dict[str, float], ceiling: dict[str, float]) -> float | None:
+    """Share of the baseline-to-ceiling gap closed, over the pairs all three have: mean(m - b) / mean(c - b)."""
+    pairs = sorted(set(values) & set(baseline) & set(ceiling))
+    gap = sum(ceiling[p] - baseline[p] for p in pairs)
+    if not pairs or gap == 0:
+        return None
+    return sum(values[p] - baseline[p] for p in pairs) / gap
+
+
+# --------------------------------------------------------------------------------------------------------- a plan
+@dataclass
+class Job:
+    """One training run of the plan."""
+
+    lane: str
+    arm: Arm
+    data_seed: int
+    seed: int
+    run_dir: Path
+    overrides: list[str]
+    expected: dict[str, Any]
+    """The config the run must hold (its config.json) to count as done."""
+    needs: str = ""
+    """The run directory of the stage this run starts from ("" = none)."""
+
+    @property
+    def pair(self) -> str:
+        return f"d{self.data_seed}-s{self.seed}"
+
+    def command(self) -> list[str]:
+        sets = [part for override in self.overrides for part in ("--set", override)]
+        return [sys.executable, "-m", "segadapt", "train", self.arm.recipe, *sets]
+
+
+def _quote(path: Path | str) -> str:
+    return json.dumps(str(path))  # a TOML basic string
+
+
+def data_dir(runs: Path, synthshift, data_seed: int) -> Path:
+    """The synthshift copy of one data seed; size and count are in the name, so recipes that differ get their own."""
+    width, height = synthshift.size
+    return runs / "data" / f"synthshift-d{data_seed}-{width}x{height}-n{synthshift.count}"
+
+
+def _data_overrides(cfg, arm: Arm, directory: Path) -> list[str]:
+    """Point synthshift and every stream the recipe reads at the data seed's copy."""
+    out = Path(cfg.data.synthshift.out)
+    sets = [f"data.synthshift.out={_quote(directory)}", "data.synthshift.generate=true"]
+    for name in STREAMS:
+        stream = getattr(cfg.data, name)
+        if not stream.dataset:
+            continue
+        root = Path(stream.root)
+        if out not in (root, *root.parents):
+            raise ValueError(
+                f"recipe {arm.recipe} (arm {arm.key}): data.{name}.root = {stream.root!r} is not under "
+                f"data.synthshift.out = {str(out)!r}; the protocol varies synthshift's seed and needs every stream in it"
+            )
+        sets.append(f"data.{name}.root={_quote(directory / root.relative_to(out))}")
+    return sets
+
+
+def make_job(lane: Lane, arm: Arm, data_seed: int, seed: int, runs: Path, quick: bool, extra: list[str],
+             start: Job | None) -> Job:  # fmt: skip
+    """The run of `arm` on one pair: the arm's overrides, --quick, the user's --set, then the protocol's own."""
+    from segadapt import config
+
+    base = [*arm.overrides, *(QUICK if quick else ()), *extra]
+    cfg = config.load(arm.recipe, base)  # a misspelt key fails here, before anything trains
+    run_dir = runs / lane.name / arm.key / f"d{data_seed}-s{seed}"
+    own = [f"train.seed={seed}", f"train.run_dir={_quote(run_dir)}", "train.progress=false",
+           "train.tensorboard=false", "train.compare_methods=[]", f"data.synthshift.seed={data_seed}",
+           *_data_overrides(cfg, arm, data_dir(runs, cfg.data.synthshift, data_seed))]  # fmt: skip
+    if start is not None:
+        own.append(f"model.pretrained={_quote(final_checkpoint(start))}")
+    overrides = [*base, *own]
+    expected = json.loads(json.dumps(config.to_dict(config.load(arm.recipe, overrides))))
+    return Job(lane.name, arm, data_seed, seed, run_dir, overrides, expected, str(start.run_dir) if start else "")
+
+
+def final_checkpoint(job: Job) -> Path:
+    """The checkpoint a run writes at its last step (train.save_checkpoint: checkpoints/step_<stop>.pt)."""
+    return job.run_dir / "checkpoints" / f"step_{job.expected['schedule']['stop_step']:07d}.pt"
+
+
+def plan(lane: Lane, seeds: list[int], data_seeds: list[int], runs: Path, quick: bool = False,
+         extra: list[str] = ()) -> list[Job]:  # fmt: skip
+    """Every run of a lane, each stage before the runs that start from it; shared stages listed once."""
+    jobs: dict[tuple[str, int, int], Job] = {}
+    for data_seed in data_seeds:
+        for seed in seeds:
+            for arm in lane.arms():
+                own_seed = 0 if arm.once_per_data_seed else seed
+                if (arm.key, data_seed, own_seed) in jobs:
+                    continue
+                start = None
+                if arm.start_from:
+                    stage = next(s for s in lane.stages if s.key == arm.start_from)
+                    start = jobs[(stage.key, data_seed, 0 if stage.once_per_data_seed else seed)]
+                jobs[(arm.key, data_seed, own_seed)] = make_job(
+                    lane, arm, data_seed, own_seed, runs, quick, list(extra), start
+                )
+    return list(jobs.values())
+
+
+# ------------------------------------------------------------------------------------------------------ execution
+def is_done(job: Job) -> bool:
+    """results.json written (the run's last act) and config.json equal to what the protocol would run now."""
+    try:
+        held = json.loads((job.run_dir / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return (job.run_dir / "results.json").is_file() and held == job.expected
+
+
+def _start(job: Job) -> subprocess.Popen:
+    if job.run_dir.exists():
+        shutil.rmtree(job.run_dir)  # unfinished or run with other settings: never mixed into the statistics
+    job.run_dir.mkdir(parents=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with open(job.run_dir / "train.log", "w") as log:
+        return subprocess.Popen(job.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def _finish(job: Job, returncode: int, elapsed: float) -> None:
+    write_json(job.run_dir / "protocol.json", {
+        "command": shlex.join(job.command()), "returncode": returncode, "elapsed_s": elapsed,
+        "threads": 1, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})  # fmt: skip
+
+
+def execute(jobs: list[Job], parallel: int = 1, log=print) -> dict[str, str]:
+    """Run what is not done, `parallel` at a time, a run only after its stage; returns run dir -> status
+    ("done" before, "ran", "failed" or "blocked" by a failed stage)."""
+    status = {str(job.run_dir): "done" for job in jobs if is_done(job)}
+    waiting = [job for job in jobs if str(job.run_dir) not in status]
+    running: dict[str, tuple[Job, subprocess.Popen, float]] = {}
+    while waiting or running:
+        for job in list(waiting):
+            if job.needs and status.get(job.needs) in ("failed", "blocked"):
+                status[str(job.run_dir)] = "blocked"
+                waiting.remove(job)
+            elif len(running) < parallel and (not job.needs or status.get(job.needs) in ("done", "ran")):
+                log(f"[methods] start {job.lane}/{job.arm.key}/{job.pair}")
+                running[str(job.run_dir)] = (job, _start(job), time.perf_counter())
+                waiting.remove(job)
+        for key, (job, process, started) in list(running.items()):
+            if process.poll() is None:
+                continue
+            elapsed = time.perf_counter() - started
+            _finish(job, process.returncode, elapsed)
+            ok = process.returncode == 0 and is_done(job)
+            status[key] = "ran" if ok else "failed"
+            log(f"[methods] {'done' if ok else 'FAILED'} {job.lane}/{job.arm.key}/{job.pair} in {elapsed:.0f} s"
+                + ("" if ok else f" (exit {process.returncode}; see {job.run_dir / 'train.log'})"))
+            del running[key]
+        if running:
+            time.sleep(0.2)
+    return status
+
+
+def ensure_data(jobs: list[Job]) -> float:
+    """Generate each data seed's synthshift copy once, before runs start side by side; returns the seconds spent."""
+    from segadapt import config
+    from segadapt.data import ensure_synthshift
+
+    started = time.perf_counter()
+    for key in sorted({json.dumps(job.expected["data"]["synthshift"], sort_keys=True) for job in jobs}):
+        section = json.loads(key)
+        ensure_synthshift(config.Synthshift(out=section["out"], count=section["count"],
+                                            size=tuple(section["size"]), seed=section["seed"]))  # fmt: skip
+    return time.perf_counter() - started
+
+
+# -------------------------------------------------------------------------------------------------------- results
+def read_run(job: Job) -> dict[str, Any] | None:
+    """The final and best evaluation of a finished run, from its metrics.jsonl; None when not done or no eval."""
+    from segadapt.report import best_and_last
+    from segadapt.report import read_metrics
+
+    if not is_done(job):
+        return None
+    _, evals, _ = read_metrics(job.run_dir / "metrics.jsonl")
+    best, last = best_and_last(evals)
+    steps = json.loads((job.run_dir / "results.json").read_text())["steps"]
+    if last is None or last["step"] != steps:
+        return None  # a stage (no val stream), or a run whose final evaluation is missing
+    try:
+        elapsed = json.loads((job.run_dir / "protocol.json").read_text())["elapsed_s"]
+    except (OSError, json.JSONDecodeError, KeyError):
+        elapsed = None
+    return {"last": last["miou"], "best": best["miou"], "best_step": best["step"], "steps": steps,
+            "elapsed_s": elapsed}  # fmt: skip
+
+
+def _row(arm: Arm, runs: dict[str, dict], table: dict[str, dict[str, dict]], lower: Arm | None,
+         upper: Arm | None) -> dict[str, Any]:  # fmt: skip
+    last = {pair: run["last"] for pair, run in runs.items()}
+    best = {pair: run["best"] for pair, run in runs.items()}
+
+    def column(other: Arm | None, kind: str) -> dict[str, float]:
+        return {p: r[kind] for p, r in table.get(other.key, {}).items()} if other else {}
+
+    row = {"key": arm.key, "label": arm.label, "role": arm.role, "recipe": arm.recipe, "overrides": list(arm.overrides),
+           "start_from": arm.start_from, "runs": runs, "last": describe(list(last.values())),
+           "best": describe(list(best.values()))}  # fmt: skip
+    if lower is not None and arm.key != lower.key:
+        row["vs_baseline"] = paired(last, column(lower, "last"))
+        row["vs_baseline_best"] = paired(best, column(lower, "best"))
+        closes = upper is not None and arm.key != upper.key  # the ceiling closes 100% by definition
+        row["gap_closed"] = gap_closed(last, column(lower, "last"), column(upper, "last")) if closes else None
+    row["versus"] = {key: paired(last, {p: r["last"] for p, r in table.get(key, {}).items()}) for key in arm.versus}
+    return row
+
+
+def summarize(lane: Lane, jobs: list[Job]) -> list[dict[str, Any]]:
+    """Per table: one row per arm with its runs and statistics (paired with the baseline on the same pairs)."""
+    runs: dict[str, dict[str, dict]] = {}
+    for job in jobs:
+        record = read_run(job) if job.arm.role != "stage" else None
+        if record is not None:
+            runs.setdefault(job.arm.key, {})[job.pair] = record
+    tables = []
+    for table in lane.tables:
+        lower, upper = table.arm("baseline"), table.arm("ceiling")
+        rows = [_row(arm, runs.get(arm.key, {}), runs, lower, upper) for arm in table.arms]
+        tables.append({"title": table.title, "baseline": lower.key if lower else None,
+                       "ceiling": upper.key if upper else None, "rows": rows})  # fmt: skip
+    return tables
+
+
+def timing(lane: Lane, jobs: list[Job]) -> dict[str, Any]:
+    """Training seconds per arm (one thread a run), read from each run's protocol.json."""
+    per_arm: dict[str, list[float]] = {}
+    for job in jobs:
+        try:
+            per_arm.setdefault(job.arm.key, []).append(json.loads((job.run_dir / "protocol.json").read_text())["elapsed_s"])
+        except (OSError, json.JSONDecodeError, KeyError):
+            per_arm.setdefault(job.arm.key, [])
+    arms = {key: {"runs": len(v), "mean_s": sum(v) / len(v) if v else None, "total_s": sum(v)}
+            for key, v in per_arm.items()}  # fmt: skip
+    return {"per_arm": arms, "train_s_total": sum(a["total_s"] for a in arms.values()), "runs_planned": len(jobs)}
+
+
+# ------------------------------------------------------------------------------------------------------- rendering
+def _number(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _mean_std(stats: dict[str, Any]) -> str:
+    if not stats.get("n"):
+        return "-"
+    return _number(stats["mean"]) + ("" if stats["std"] is None else f" +- {_number(stats['std'])}")
+
+
+def _difference(stats: dict[str, Any] | None) -> str:
+    if not stats or not stats.get("n"):
+        return "-"
+    interval = stats.get("ci95")
+    text = f"{stats['mean']:+.2f}"
+    return text + (f" [{interval[0]:+.2f}, {interval[1]:+.2f}]" if interval else "")
+
+
+def _table_markdown(table: dict[str, Any]) -> list[str]:
+    lines = [f"**{table['title']}**", "",
+             "| method | role | pairs | mIoU last, mean +- std | best-on-val, mean +- std | last - baseline [95% CI] "
+             "| wins | gap closed |", "|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for row in table["rows"]:
+        versus = row.get("vs_baseline")
+        wins = f"{versus['wins']}/{versus['n']}" if versus and versus["n"] else "-"
+        gap = row.get("gap_closed")
+        lines.append(f"| {row['label']} | {row['role']} | {row['last']['n']} | {_mean_std(row['last'])} | "
+                     f"{_mean_std(row['best'])} | {_difference(versus)} | {wins} | "
+                     f"{'-' if gap is None else f'{100 * gap:.0f}%'} |")  # fmt: skip
+    for row in table["rows"]:
+        for key, stats in row.get("versus", {}).items():
+            lines += ["", f"{row['label']} - {key}: {_difference(stats)} mIoU, wins {stats['wins']}/{stats['n']}."]
+    pairs = sorted({p for row in table["rows"] for p in row["runs"]}, key=_pair_order)
+    if pairs:
+        lines += ["", "| last mIoU per pair | " + " | ".join(pairs) + " |", "|---|" + "---:|" * len(pairs)]
+        for row in table["rows"]:
+            cells = [_number(row["runs"][p]["last"]) if p in row["runs"] else "-" for p in pairs]
+            lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _pair_order(pair: str) -> tuple[int, int]:
+    data_seed, seed = re.match(r"d(\d+)-s(\d+)", pair).groups()
+    return int(data_seed), int(seed)
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    """The lane's page: what ran, one table per comparison, per-pair values, timing."""
+    kind = "QUICK (2 steps a run: plumbing only, not a measurement)" if payload["quick"] else "full recipes"
+    held = "held-out data seeds" if payload["held_out"] else "INCLUDES the tuning data seed 0: not held out"
+    lines = [f"## methods: {payload['lane']}: {payload['description']}", "",
+             f"{kind}; training seeds {payload['seeds']} x data seeds {payload['data_seeds']} ({held}); device "
+             f"`{payload.get('device_name')}`, torch `{payload.get('torch')}`, git `{payload.get('git_sha')}`, "
+             f"{payload.get('timestamp')}.", "", f"`{payload['command']}`", "",
+             "Differences are paired over (data seed, training seed); the interval is the 95% Student-t interval of "
+             "the mean difference; wins count pairs with a positive difference; gap closed = mean(method - baseline) "
+             "/ mean(ceiling - baseline). Best-on-val selects the snapshot on the data it is scored on; the last "
+             "snapshot is the unselected number.", ""]  # fmt: skip
+    for table in payload["tables"]:
+        lines += [*_table_markdown(table), ""]
+    clock = payload["timing"]
+    lines += [f"Training time (one thread a run): {clock['train_s_total']:.0f} s over the lane's "
+              f"{clock['runs_planned']} runs; wall {_number(clock.get('wall_s'), 0)} s for this invocation "
+              f"(--jobs {payload.get('jobs')}, data generation {_number(clock.get('data_s'), 0)} s).", "",
+              "| arm | runs timed | mean s / run | total s |", "|---|---:|---:|---:|"]  # fmt: skip
+    for key, arm in clock["per_arm"].items():
+        lines.append(f"| {key} | {arm['runs']} | {_number(arm['mean_s'], 0)} | {arm['total_s']:.0f} |")
+    if payload.get("plot"):
+        lines += ["", f"![{payload['lane']}]({payload['plot']})"]
+    return "\n".join(lines) + "\n"
+
+
+def _interval(stats: dict[str, Any]) -> float:
+    """Half-width of the 95% t-interval of a mean (0 below 2 values)."""
+    if stats.get("n", 0) < 2:
+        return 0.0
+    return t_quantile(0.975, stats["n"] - 1) * stats["std"] / math.sqrt(stats["n"])
+
+
+def plot(payload: dict[str, Any], path: Path) -> Path:
+    """Per table, top: mean last mIoU per arm with the 95% t-interval of the mean, each pair a dot; bottom: the
+    paired difference to the baseline with its 95% t-interval, each pair a dot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tables = payload["tables"]
+    figure, axes = plt.subplots(2, len(tables), figsize=(4.8 * len(tables), 7.5), squeeze=False)
+    colours = {"baseline": "tab:grey", "method": "tab:blue", "ceiling": "tab:green"}
+    for column, table in enumerate(tables):
+        top, bottom = axes[0][column], axes[1][column]
+        labels = [row["label"] for row in table["rows"]]
+        for index, row in enumerate(table["rows"]):
+            colour = colours.get(row["role"], "tab:blue")
+            if row["last"]["n"]:
+                top.bar(index, row["last"]["mean"], yerr=_interval(row["last"]), capsize=4, color=colour, alpha=0.8)
+                values = [run["last"] for run in row["runs"].values()]
+                top.plot([index] * len(values), values, "k.", markersize=3)
+            versus = row.get("vs_baseline")
+            if versus and versus["n"]:
+                bottom.bar(index, versus["mean"], yerr=_interval(versus), capsize=4, color=colour, alpha=0.8)
+                baseline = next(r for r in table["rows"] if r["key"] == table["baseline"])["runs"]
+                points = [run["last"] - baseline[p]["last"] for p, run in row["runs"].items() if p in baseline]
+                bottom.plot([index] * len(points), points, "k.", markersize=3)
+        for axis in (top, bottom):
+            axis.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+        bottom.axhline(0.0, color="black", linewidth=0.8)
+        top.set_title(table["title"], fontsize=9)
+        top.set_ylabel("mIoU, last snapshot")
+        bottom.set_ylabel("paired difference to the baseline")
+    quick = " (QUICK: plumbing only)" if payload["quick"] else ""
+    figure.suptitle(f"{payload['lane']}{quick}: {len(payload['seeds'])} training x {len(payload['data_seeds'])} "
+                    "data seeds\nbars: mean and 95% t-interval, dots: pairs", fontsize=10)  # fmt: skip
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(temporary, dpi=100)
+    plt.close(figure)
+    os.replace(temporary, path)
+    return path
+
+
+def render(json_path: Path) -> tuple[Path, Path]:
+    """Write the markdown and the plot of one lane's result JSON next to it; returns their paths."""
+    from segadapt.checkpoint import atomic_write_text
+
+    payload = json.loads(Path(json_path).read_text())
+    picture = plot(payload, Path(json_path).with_suffix(".png"))
+    payload["plot"] = picture.name
+    page = Path(json_path).with_suffix(".md")
+    atomic_write_text(page, markdown(payload))
+    return page, picture
+
+
+def report_sections(directory: Path = METHODS_RESULTS) -> list[str]:
+    """For `python -m segadapt.bench report`: re-render every protocol JSON in `directory`, return their pages."""
+    sections = []
+    for path in sorted(Path(directory).glob("*.json")):
+        if json.loads(path.read_text()).get("bench") != "methods":
+            continue  # the tables of the retired bench/demo_methods_table.py
+        page, _ = render(path)
+        text = page.read_text().replace(f"]({path.with_suffix('.png').name})",
+                                        f"](methods/{path.with_suffix('.png').name})")  # fmt: skip
+        sections.append(text)
+    return sections
+
+
+# ------------------------------------------------------------------------------------------------------------ CLI
+def parse_seeds(text: str, flag: str) -> list[int]:
+    """"1-5", "1,2,7" or "1-3,7" -> sorted distinct ints; a ValueError naming the flag otherwise."""
+    seeds: set[int] = set()
+    for part in (p.strip() for p in text.split(",")):
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not match or (match.group(2) and int(match.group(2)) < int(match.group(1))):
+            raise ValueError(f"{flag} {text!r}: expected seeds such as 1-5 or 1,2,7 (non-negative, ranges low-high)")
+        seeds.update(range(int(match.group(1)), int(match.group(2) or match.group(1)) + 1))
+    return sorted(seeds)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m segadapt.bench methods", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser.add_argument("--lane", action="append", default=[], help=f"lane(s), repeatable or comma list: "
+                        f"{', '.join(LANES)} (default: all)")  # fmt: skip
+    parser.add_argument("--seeds", default="1-5", help="training seeds K (default 1-5)")
+    parser.add_argument("--data-seeds", default="1,2", help="synthshift seeds D (default 1,2; 0 is the tuning seed)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs side by side, one thread each (default 1)")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands (and which are done); run nothing")
+    parser.add_argument("--quick", action="store_true", help="2 steps a run, into runs/methods-quick (plumbing test)")
+    parser.add_argument("--runs", default=None, help="run root (default runs/methods, runs/methods-quick with --quick)")
+    parser.add_argument("--out", default=None, help="results folder (default bench/results/methods; with --quick "
+                        "RUNS/results)")  # fmt: skip
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra override for every run, e.g. --set data.synthshift.count=40")  # fmt: skip
+    return parser
+
+
+def _lanes_of(parser, values: list[str]) -> list[Lane]:
+    names = [name.strip() for value in values for name in value.split(",") if name.strip()] or list(LANES)
+    unknown = [name for name in names if name not in LANES]
+    if unknown:
+        parser.error(f"--lane {', '.join(unknown)}: unknown; lanes are {', '.join(LANES)}")
+    return [LANES[name] for name in names]
+
+
+def _device_slug() -> tuple[str, str]:
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    name = torch.cuda.get_device_name(0) if device == "cuda" else f"{platform.machine() or 'cpu'}-cpu"
+    return device, re.sub(r"[^a-z0-9.]+", "-", name.lower()).strip("-")
+
+
+def run_lane(lane: Lane, args, seeds: list[int], data_seeds: list[int], runs: Path, out: Path, argv: list[str]) -> int:
+    """Plan, run what is missing, summarize and write the lane's JSON, markdown and plot; returns failed runs."""
+    from segadapt.bench.common import env_stamp
+
+    jobs = plan(lane, seeds, data_seeds, runs, args.quick, args.overrides)
+    if args.dry_run:
+        for job in jobs:
+            print(f"# {lane.name}/{job.arm.key}/{job.pair}: {'done' if is_done(job) else 'to run'}")
+            print("OMP_NUM_THREADS=1 " + shlex.join(job.command()))
+        return 0
+    started = time.perf_counter()
+    data_s = ensure_data(jobs)
+    status = execute(jobs, args.jobs)
+    device, slug = _device_slug()
+    clock = {**timing(lane, jobs), "wall_s": time.perf_counter() - started, "data_s": data_s}
+    payload = {"bench": "methods", "lane": lane.name, "description": lane.description, "quick": args.quick,
+               "held_out": TUNING_DATA_SEED not in data_seeds, "seeds": seeds, "data_seeds": data_seeds,
+               "jobs": args.jobs, "runs": str(runs / lane.name), "command": shlex.join(["python", "-m",
+               "segadapt.bench", "methods", *argv]), **env_stamp(device), "tables": summarize(lane, jobs),
+               "timing": clock, "status": {k: sum(v == k for v in status.values()) for k in sorted(set(status.values()))}}  # fmt: skip
+    stem = f"{lane.name}-{slug}" + ("-quick" if args.quick else "") + ("" if payload["held_out"] else "-tuning")
+    path = write_json(out / f"{stem}.json", payload)
+    page, picture = render(path)
+    print(page.read_text())
+    print(f"[methods] wrote {path}, {page.name}, {picture.name}")
+    return sum(v in ("failed", "blocked") for v in status.values())
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        seeds, data_seeds = parse_seeds(args.seeds, "--seeds"), parse_seeds(args.data_seeds, "--data-seeds")
+    except ValueError as error:
+        parser.error(str(error))
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    lanes = _lanes_of(parser, args.lane)
+    runs = Path(args.runs or ("runs/methods-quick" if args.quick else "runs/methods"))
+    out = Path(args.out) if args.out else (runs / "results" if args.quick else METHODS_RESULTS)
+    failed = sum(run_lane(lane, args, seeds, data_seeds, runs, out, argv) for lane in lanes)
+    if failed:
+        print(f"[methods] {failed} run(s) failed or were blocked; rerun the same command to retry them", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

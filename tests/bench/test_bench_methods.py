@@ -1,0 +1,138 @@
+"""The methods protocol (bench/methods.py): its statistics against hand-computed values and published t tables, the
+plan's identical settings across a lane's arms, and one lane end to end with --quick (2 steps a run)."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from segadapt import config
+from segadapt.bench import methods
+
+# Two-sided 95% (p = 0.975) and one 90% (p = 0.95) Student-t quantiles, as printed in every t table (e.g. NIST/SEMATECH
+# e-Handbook of Statistical Methods, section 1.3.6.7.2, "Critical values of the Student's t distribution").
+T_TABLE = [(0.975, 1, 12.706), (0.975, 2, 4.303), (0.975, 3, 3.182), (0.975, 4, 2.776), (0.975, 9, 2.262),
+           (0.975, 29, 2.045), (0.975, 100, 1.984), (0.95, 5, 2.015), (0.95, 10, 1.812)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("probability", "df", "want"), T_TABLE, ids=[f"p{p}-df{d}" for p, d, _ in T_TABLE])
+def test_t_quantile_matches_the_published_table(probability, df, want):
+    assert methods.t_quantile(probability, df) == pytest.approx(want, abs=6e-4)
+    assert methods.t_quantile(1 - probability, df) == pytest.approx(-want, abs=6e-4), "symmetry"
+    assert methods.t_cdf(methods.t_quantile(probability, df), df) == pytest.approx(probability, abs=1e-12)
+
+
+def test_t_cdf_closed_forms():
+    """df = 1 is Cauchy: F(t) = 1/2 + atan(t)/pi; df = 2: F(t) = 1/2 + t / (2 sqrt(2 + t^2))."""
+    for t in (-3.0, -0.4, 0.0, 0.7, 5.0):
+        assert methods.t_cdf(t, 1) == pytest.approx(0.5 + math.atan(t) / math.pi, abs=1e-12)
+        assert methods.t_cdf(t, 2) == pytest.approx(0.5 + t / (2 * math.sqrt(2 + t * t)), abs=1e-12)
+
+
+def test_paired_interval_wins_and_gap_by_hand():
+    """4 pairs: differences 5, 4, 2, 5 -> mean 4, sd sqrt(6/3) = 1.41421, se 0.70711, t_{.975,3} = 3.18245,
+    half-width 2.25032 -> [1.74968, 6.25032]; ceiling - baseline 25, 24, 24, 24 -> gap closed 4 / 24.25 = 0.164948."""
+    baseline = {"d1-s1": 15.0, "d1-s2": 18.0, "d2-s1": 17.0, "d2-s2": 20.0}
+    method = {"d1-s1": 20.0, "d1-s2": 22.0, "d2-s1": 19.0, "d2-s2": 25.0, "d3-s1": 99.0}  # d3-s1: no baseline pair
+    ceiling = {"d1-s1": 40.0, "d1-s2": 42.0, "d2-s1": 41.0, "d2-s2": 44.0}
+    stats = methods.paired(method, baseline)
+    assert stats["n"] == 4 and stats["wins"] == 4 and stats["win_rate"] == 1.0
+    assert stats["mean"] == pytest.approx(4.0) and stats["std"] == pytest.approx(math.sqrt(2.0))
+    assert stats["ci95"] == pytest.approx([1.749680, 6.250320], abs=1e-5)
+    assert methods.gap_closed(method, baseline, ceiling) == pytest.approx(4.0 / 24.25)
+    losing = methods.paired({"a": 1.0, "b": 3.0, "c": 2.0}, {"a": 2.0, "b": 2.0, "c": 2.0})
+    assert (losing["wins"], losing["mean"]) == (1, pytest.approx(0.0)), "a tie (c) is not a win"
+    assert methods.paired({"a": 1.0}, {"a": 0.0})["ci95"] is None, "one pair has no interval"
+    assert methods.describe([1.0, 2.0, 6.0]) == {"n": 3, "mean": 3.0, "std": pytest.approx(math.sqrt(7.0))}
+
+
+def test_parse_seeds():
+    assert methods.parse_seeds("1-3,7", "--seeds") == [1, 2, 3, 7]
+    for bad in ("3-1", "a", "1,,2", "-2"):
+        with pytest.raises(ValueError, match="--data-seeds"):
+            methods.parse_seeds(bad, "--data-seeds")
+
+
+@pytest.mark.parametrize(("recipe", "override", "baseline"), [
+    ("demo", methods.SOURCE_ONLY, "sourceonly"),
+    ("lsd_demo", methods.SOURCE_ONLY, "sourceonly"),
+    ("semi_demo_advsemiseg", methods.LABELLED_SHARE, "supervised"),
+    ("semi_demo_u2pl", methods.LABELLED_SHARE, "supervised"),
+])  # fmt: skip
+def test_baseline_is_the_one_compare_methods_trains(recipe, override, baseline):
+    """The protocol's baseline section equals what `segadapt train RECIPE` trains as its baseline (engine/cli.py
+    baseline_section), so the protocol's baseline is the README demo's baseline."""
+    from segadapt.cli import baseline_section
+
+    assert config.load(recipe, [override]).method == baseline_section(config.load(recipe), baseline)
+
+
+# Keys where a lane's arms may differ: the method, where the run goes, the start, and the ceiling's labelled share.
+ALLOWED = ("method", "train.run_dir", "model.pretrained", "data.labeled.fraction")
+
+
+def _flat(tree, prefix=""):
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    return {k: v for key, value in tree.items() for k, v in _flat(value, f"{prefix}{key}" if not prefix
+                                                                    else f"{prefix}.{key}").items()}  # fmt: skip
+
+
+@pytest.mark.parametrize("lane", ["uda-adaptseg", "uda-lsd", "semi", "semi-init", "mm"])
+def test_plan_trains_every_arm_of_a_table_with_identical_settings(lane, tmp_path):
+    jobs = methods.plan(methods.LANES[lane], [1, 2], [3, 4], tmp_path)
+    table_arms = [arm for table in methods.LANES[lane].tables for arm in table.arms]
+    stages = methods.LANES[lane].stages
+    shared = sum(stage.once_per_data_seed for stage in stages)
+    assert len(jobs) == 4 * (len(table_arms) + len(stages) - shared) + 2 * shared
+    assert len({job.run_dir for job in jobs}) == len(jobs)
+    by_dir = {str(job.run_dir): job for job in jobs}
+    for table in methods.LANES[lane].tables:
+        keys = {arm.key for arm in table.arms}
+        for pair in ("d3-s1", "d4-s2"):
+            runs = [job for job in jobs if job.arm.key in keys and job.pair == pair]
+            flats = [_flat(job.expected) for job in runs]
+            differ = {key for key in set().union(*flats) if len({json.dumps(f.get(key, "<absent>")) for f in flats}) > 1}
+            other = sorted(k for k in differ if not any(k == a or k.startswith(f"{a}.") for a in ALLOWED))
+            assert other == [], f"{lane}/{table.title}: arms differ in {other}"
+            data = {f["data.synthshift.seed"] for f in flats}, {f["train.seed"] for f in flats}
+            assert data == ({int(pair[1])}, {int(pair[-1])}), pair
+            assert all(f["data.val.root"].startswith(f["data.synthshift.out"]) for f in flats)
+    for job in jobs:
+        if job.needs:  # a start is the stage's final checkpoint on the same data seed
+            stage = by_dir[job.needs]
+            assert job.expected["model"]["pretrained"] == str(methods.final_checkpoint(stage))
+            assert stage.data_seed == job.data_seed and stage.seed in (0, job.seed)
+
+
+def test_quick_lane_end_to_end_and_resumable(tmp_path):
+    """One lane, K = 2 x D = 1, 2 steps a run: JSON, markdown and plot; the table's values are the final eval records
+    of the runs' metrics.jsonl; a second invocation runs nothing again."""
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    argv = ["--quick", "--lane", "uda-lsd", "--seeds", "1,2", "--data-seeds", "1", "--jobs", "2", "--runs", str(runs),
+            "--out", str(out), "--set", "data.synthshift.count=24"]  # fmt: skip
+    assert methods.main(argv) == 0
+    (path,) = out.glob("uda-lsd-*-quick.json")
+    payload = json.loads(path.read_text())
+    assert payload["held_out"] and payload["quick"] and payload["status"] == {"ran": 6}
+    (table,) = payload["tables"]
+    assert [row["key"] for row in table["rows"]] == ["sourceonly", "lsdseg", "oracle"]
+    for row in table["rows"]:
+        assert sorted(row["runs"]) == ["d1-s1", "d1-s2"]
+        for pair, run in row["runs"].items():
+            lines = (runs / "uda-lsd" / row["key"] / pair / "metrics.jsonl").read_text().splitlines()
+            final = [json.loads(line) for line in lines if json.loads(line)["kind"] == "eval"][-1]
+            assert (run["last"], run["steps"], final["step"]) == (final["miou"], 2, 2)
+    lsd = table["rows"][1]
+    want = methods.paired({p: r["last"] for p, r in lsd["runs"].items()},
+                          {p: r["last"] for p, r in table["rows"][0]["runs"].items()})  # fmt: skip
+    assert lsd["vs_baseline"] == pytest.approx(want)
+    assert path.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| LSD-seg | method | 2 |" in path.with_suffix(".md").read_text()
+    stamps = {p: p.stat().st_mtime_ns for p in runs.glob("uda-lsd/*/*/results.json")}
+    assert methods.main(argv) == 0
+    assert json.loads(path.read_text())["status"] == {"done": 6}
+    assert {p: p.stat().st_mtime_ns for p in runs.glob("uda-lsd/*/*/results.json")} == stamps
+    (section,) = methods.report_sections(out)
+    assert "](methods/" + path.with_suffix(".png").name + ")" in section
