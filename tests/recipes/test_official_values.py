@@ -82,6 +82,8 @@ def _u2pl(dataset: str, labeled: int) -> dict:
         "schedule.stop_step": epochs * per_epoch,
         "train.sync_bn": True,
         "train.eval_every": per_epoch,  # validation after every epoch
+        "eval.mode": "whole" if voc else "slide",  # eval.py:130-153: valiadte_whole (pascal) / validate_city
+        **({} if voc else {"eval.crop": crop, "eval.stride_ratio": 2 / 3}),  # eval.py:184 scale_crop_process
     }
 
 
