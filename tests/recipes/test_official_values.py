@@ -159,7 +159,8 @@ LSD = {
     "schedule.policy": "step",
     "schedule.gamma": 0.1,
     "schedule.step_size": 8 * _LSD_EPOCH,
-    "schedule.total_steps": 100000,  # --num_iters
+    # schedule.total_steps left to the LSD-seg work: --num_iters 100000, but train() runs whole epochs up to
+    # ceil(100000 / 2975) = 34 of them and checks the count only between epochs (trainer_LSD.py:354-364).
 }
 
 OFFICIAL: dict[str, dict] = {
