@@ -256,7 +256,7 @@ def check_datasets(cfg) -> None:
     report: list[str] = []
     stops: list[str] = []
     checked: dict[tuple[str, str, str], datasets.TreeCheck] = {}
-    for name in ("source", "target", "labeled", "unlabeled", "val"):
+    for name in ("source", "target", "labeled", "unlabeled", "labeled_real", "val"):
         stream = getattr(cfg.data, name)
         if not stream.dataset:
             continue

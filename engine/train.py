@@ -66,7 +66,7 @@ def per_rank(cfg: Config, world: distributed.World) -> tuple[Config, float]:
     if size == 1 or mode == "scale_lr":
         return cfg, float(size)
     changes = {}
-    for name in ("source", "target", "labeled", "unlabeled"):
+    for name in ("source", "target", "labeled", "unlabeled", "labeled_real"):
         batch = getattr(cfg.data, name).batch_size
         if getattr(cfg.data, name).dataset and batch % size:
             raise ValueError(

@@ -20,7 +20,7 @@ from segadapt.data.torch_loader import IGNORE
 from segadapt.data.torch_loader import PAD_LABEL
 from segadapt.data.torch_loader import StreamLoader
 
-STREAM_NAMES = ("source", "target", "labeled", "unlabeled", "val")
+STREAM_NAMES = ("source", "target", "labeled", "unlabeled", "labeled_real", "val")
 LOADERS = ("auto", "dali", "torch", "synthetic")
 
 _STATS: dict[tuple, tuple[Tensor, Tensor]] = {}

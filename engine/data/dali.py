@@ -156,7 +156,7 @@ def augment_pipeline(feed: Any, *, stream: Stream, lut: np.ndarray, decode_devic
     image = _decode(encoded, decode_device)
     label = _train_ids(raw_label, lut, decode_device == "mixed")
     image = _fixed_resize(image, stream.resize)
-    if tuple(stream.scale_range) != (1.0, 1.0):
+    if tuple(stream.scale_range) != (1.0, 1.0) or stream.small_images == "resize":
         image = _resize_image(image, scaled_hw, types.INTERP_LINEAR)
     if stream.crop[0] > 0 and stream.crop[1] > 0:
         shape = np.array(stream.crop, dtype=np.int32)
@@ -270,7 +270,10 @@ class _Feed:
                 raw_label = _nearest_resize(raw_label, self.stream.resize)
             if self.augment:
                 scaled_wh, anchor_xy, flip = torch_loader.draw_params(size, self.stream, sample_seed)
-                raw_label = _nearest_resize(raw_label, scaled_wh)
+                if torch_loader.small_image_resized(self.stream, raw_label.shape[::-1], scaled_wh):
+                    raw_label = torch_loader.cv2_nearest_resize(raw_label, scaled_wh)  # VOCGTDataSet's cv2 resize
+                else:
+                    raw_label = _nearest_resize(raw_label, scaled_wh)
                 columns[2].append(np.array([scaled_wh[1], scaled_wh[0]], dtype=np.float32))
                 columns[3].append(np.array(anchor_xy, dtype=np.int32))
                 columns[4].append(np.array(flip, dtype=np.int32))

@@ -62,6 +62,25 @@ def _enabled(size: tuple[int, int]) -> bool:
     return size[0] > 0 and size[1] > 0
 
 
+def small_image_resized(stream: Stream, size: tuple[int, int], scaled: tuple[int, int]) -> bool:
+    """True when `stream.small_images = "resize"` made the (W, H) `size` into the crop size `scaled`."""
+    crop = tuple(stream.crop)
+    return stream.small_images == "resize" and _enabled(crop) and tuple(scaled) == crop and tuple(size) != crop
+
+
+def cv2_nearest_resize(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`cv2.resize(label, size, interpolation=cv2.INTER_NEAREST)` (the official VOCGTDataSet's): output index x reads
+    source index min(floor(x * (1 / (out / in))), in - 1) (OpenCV imgproc resize.cpp resizeNN), a gather here.
+
+    Args:
+        label: (H, W) ids. size: (W', H').
+    """
+    height, width = label.shape
+    rows = np.minimum(np.floor(np.arange(size[1]) * (1.0 / (size[1] / height))).astype(np.intp), height - 1)
+    columns = np.minimum(np.floor(np.arange(size[0]) * (1.0 / (size[0] / width))).astype(np.intp), width - 1)
+    return np.ascontiguousarray(label[rows[:, None], columns])
+
+
 def draw_params(size: tuple[int, int], stream: Stream, rng_seed: int) -> tuple[tuple[int, int], tuple[int, int], bool]:
     """The random parameters of one sample; the torch and DALI pipelines both apply exactly these.
 
@@ -83,6 +102,9 @@ def draw_params(size: tuple[int, int], stream: Stream, rng_seed: int) -> tuple[t
     width, height = tuple(stream.resize) if _enabled(stream.resize) else tuple(size)
     if scale != 1.0:
         width, height = max(1, int(width * scale + 0.5)), max(1, int(height * scale + 0.5))
+    crop_w, crop_h = stream.crop
+    if stream.small_images == "resize" and _enabled(stream.crop) and (width < crop_w or height < crop_h):
+        width, height = crop_w, crop_h  # AdvSemiSeg VOCGTDataSet: resized to the crop, never padded
     anchor = (0, 0)
     if _enabled(stream.crop):
         crop_w, crop_h = stream.crop
@@ -107,6 +129,9 @@ def transform(image: np.ndarray, label: np.ndarray, stream: Stream, rng_seed: in
     scaled, anchor, flip = draw_params((image.shape[1], image.shape[0]), stream, rng_seed)
     if _enabled(stream.resize):
         image, label = _resize(image, label, tuple(stream.resize), Image.BICUBIC)
+    if small_image_resized(stream, (label.shape[1], label.shape[0]), scaled):
+        image = np.array(Image.fromarray(image).resize(scaled, Image.BILINEAR))
+        label = cv2_nearest_resize(label, scaled)
     image, label = _resize(image, label, scaled, Image.BILINEAR)
     if _enabled(stream.crop):
         image, label = _pad_crop(image, label, tuple(stream.crop), anchor)

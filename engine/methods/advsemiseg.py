@@ -37,16 +37,22 @@ official code round-trips through numpy every step.
 | partial split size int(p * N) (train.py:253): 1322 of 10582 at 1/8      | data.*.fraction_rounding = "floor"    |
 | Res_Deeplab's one classifier is `layer5` (snapshots VOC_*.pth, inits);  | always: models/weights.py format      |
 | segadapt's single-level model calls it `layer6`                          | "res_deeplab" renames on load         |
+| D real one-hots from trainloader_gt: own sampler over the labelled ids, | method.d_real_stream = true +         |
+| VOCGTDataSet resizes small images to the crop (no pad)                   | data.labeled_real (small_images)      |
 | evaluate_voc.py pads val images to 505x505 (mean colour), interp        | eval.protocol = "advsemi_voc" and     |
 | align_corners=True, crops; ConfusionMatrix.jaccard averages only classes | eval.metric = "nonzero_diagonal":     |
 | with a correct pixel; result.txt names kept classes by position (shifted | miou_official beside the standard     |
 | after a dropped class: not reproduced)                                   | miou (paper recipes)                  |
-Deviations (no effect on the expected gradient): the real one-hot maps are the labelled batch's own labels, where the
-official code draws a second batch of the same labelled subset from `trainloader_gt` (same distribution, one decode
-less); the partial split is drawn by the data streams (fraction / split_seed / complement, ids in run_dir/splits/)
-instead of np.random.shuffle + train_id.pkl. Where the official code would crash: with step < semi_start_adv or both
-semi lambdas 0, `pred_remain` does not exist, so D's fake batch is the labelled predictions only; with both semi
-lambdas 0 (the full-data "+L_adv" setting) the method reads no unlabelled stream at all.
+D's real maps (method.d_real_stream, on in the paper recipes): the official code draws them from `trainloader_gt`
+(train.py:266 a SubsetRandomSampler of its own over the labelled ids; dataset/voc_dataset.py:84-152 VOCGTDataSet,
+which never pads: an image smaller than the crop is resized to it, label with cv2 INTER_NEAREST), so D sees other
+labelled images than the segmenter's batch; segadapt reads them from the `labeled_real` stream (data.labeled_real,
+small_images = "resize", its own order). Off, the one-hots are the labelled batch's own padded labels (one decode
+less). Deviations (no effect on the expected gradient): the partial split is drawn by the data streams (fraction /
+split_seed / complement, ids in run_dir/splits/) instead of np.random.shuffle + train_id.pkl. Where the official
+code would crash: with step < semi_start_adv or both semi lambdas 0, `pred_remain` does not exist, so D's fake batch
+is the labelled predictions only; with both semi lambdas 0 (the full-data "+L_adv" setting) the method reads no
+unlabelled stream at all.
 """
 
 from __future__ import annotations
@@ -112,6 +118,8 @@ class AdvSemiSeg(Method):
         self.num_classes = num_classes
         self.uses_unlabeled = cfg.lambda_semi > 0 or cfg.lambda_semi_adv > 0
         self.streams = ("labeled", "unlabeled") if self.uses_unlabeled else ("labeled",)
+        if cfg.d_real_stream:  # the official trainloader_gt: D's real maps from a stream of their own
+            self.streams += ("labeled_real",)
         self.discriminators = nn.ModuleDict({"confidence": build_discriminator(num_classes, cfg.d_width)})
         # The DDP-wrapped D for the D-update forwards; a plain dict so the wrapper is not a second state_dict entry.
         self._wrapped: dict[str, nn.Module] = {}
@@ -174,9 +182,10 @@ class AdvSemiSeg(Method):
         return pred.detach()
 
     def _discriminator_step(
-        self, pred: Tensor, label: Tensor, remain: Tensor | None, ctx: StepContext, losses: dict[str, Tensor]
+        self, pred: Tensor, label: Tensor, remain: Tensor | None, real_label: Tensor, ctx: StepContext,
+        losses: dict[str, Tensor],
     ) -> None:
-        """Step 3: D on fake (pred, + remain) and real (one-hot label) maps, each BCE halved and backpropagated."""
+        """Step 3: D on fake (pred, + remain) and real (one-hot real_label) maps, each BCE halved and backpropagated."""
         cfg, size = self.cfg, tuple(label.shape[-2:])
         discriminator = self._wrapped.get("confidence", self.discriminators["confidence"])
         fake_target = d_target(label, cfg.pred_label)
@@ -195,11 +204,12 @@ class AdvSemiSeg(Method):
             d_fake = discriminator(torch.softmax(pred, dim=1))
             loss_fake = upsample_bce(d_fake, size, fake_target, align_corners=cfg.align_corners) / 2
         ctx.backward(loss_fake)
-        real = one_hot_labels(label, self.num_classes, memory_format=torch.channels_last)
+        real = one_hot_labels(real_label, self.num_classes, memory_format=torch.channels_last)
         with ctx.autocast():
             d_real = discriminator(real)
-            real_target = d_target(label, cfg.gt_label)
-            loss_real = upsample_bce(d_real, size, real_target, align_corners=cfg.align_corners) / 2
+            real_target = d_target(real_label, cfg.gt_label)  # train.py: ignore_mask_gt of the gt batch's labels
+            real_size = tuple(real_label.shape[-2:])
+            loss_real = upsample_bce(d_real, real_size, real_target, align_corners=cfg.align_corners) / 2
         ctx.backward(loss_real)
         losses["loss/d"] = (loss_fake + loss_real).detach()
 
@@ -211,7 +221,8 @@ class AdvSemiSeg(Method):
             if self.uses_unlabeled and ctx.step_index >= self.cfg.semi_start_adv:
                 remain = self._unlabeled_branch(batch["unlabeled"]["image"], ctx, losses)
             pred = self._labeled_branch(labeled, ctx, losses)
-        self._discriminator_step(pred, labeled["label"], remain, ctx, losses)
+        real_label = batch["labeled_real"]["label"] if self.cfg.d_real_stream else labeled["label"]
+        self._discriminator_step(pred, labeled["label"], remain, real_label, ctx, losses)
         ctx.step("model")
         ctx.step("discriminator")
         return losses

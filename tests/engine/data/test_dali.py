@@ -216,3 +216,13 @@ def test_bad_files_raise_naming_the_file(tree, tmp_path, damage):
     loader = dali.StreamLoader(stream, "source", 0, num_workers=1, device="cpu")
     with pytest.raises(ValueError, match=str(target)):
         next(loader)
+
+
+def test_small_images_resize_matches_torch(tree):
+    """D's real stream (small_images = "resize", AdvSemiSeg VOCGTDataSet): the crop exceeds the 64x36 images, so
+    each is resized to it; labels identical to the torch loader's (OpenCV nearest), images within the bound."""
+    stream = _stream(tree, "cityscapes", crop=(72, 40), small_images="resize")
+    for step, (want, got) in enumerate(_pairs(stream, 2)):
+        assert torch.equal(got["label"], want["label"]), f"[step {step}] labels differ"
+        assert not (want["label"] == PAD_LABEL).any()
+        _assert_images_close(want["image"], got["image"], f"small_images step {step}")

@@ -1,6 +1,7 @@
 """The torch pipeline: aligned augmentation, deterministic and resumable streams, errors from workers, normalisation."""
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -231,3 +232,35 @@ def test_streams_torch_synthetic_and_errors(gta5_root):
     assert fake["image"].shape == (2, 3, 16, 32) and fake["label"].dtype == torch.int64 and fake["label"].max() < 19
     with pytest.raises(ValueError, match="data.loader"):
         Streams(dataclasses.replace(data, loader="fast"), ["source"], seed=1)
+
+
+def _opencv_nearest(label, size):
+    """OpenCV imgproc/src/resize.cpp resizeNN, as cv2.resize(label, size, interpolation=cv2.INTER_NEAREST) runs it:
+    ifx = 1 / (dst_w / src_w), sx = min(cvFloor(x * ifx), src_w - 1), and the same for rows."""
+    out = np.zeros((size[1], size[0]), label.dtype)
+    ifx, ify = 1.0 / (size[0] / label.shape[1]), 1.0 / (size[1] / label.shape[0])
+    for y in range(size[1]):
+        for x in range(size[0]):
+            sy, sx = min(math.floor(y * ify), label.shape[0] - 1), min(math.floor(x * ifx), label.shape[1] - 1)
+            out[y, x] = label[sy, sx]
+    return out
+
+
+@pytest.mark.parametrize(("width", "height"), [(20, 10), (40, 10), (20, 30)])
+def test_small_images_resize_is_the_official_vocgtdataset(width, height):
+    """hfslyc/AdvSemiSeg dataset/voc_dataset.py:116-139 (VOCGTDataSet, scale off): an image smaller than the crop in
+    either side is never padded but cv2.resize'd to the crop (label INTER_NEAREST), then cropped at offset 0."""
+    image, label = _blocks(width=width, height=height, block=3)
+    stream = Stream(dataset="gta5", crop=(32, 16), small_images="resize")
+    out_image, out_label = transform(image, label, stream, 0)
+    np.testing.assert_array_equal(out_label, _opencv_nearest(label, (32, 16)))
+    assert out_image.shape == (16, 32, 3) and PAD_LABEL not in out_label
+
+
+def test_small_images_resize_leaves_larger_images_to_the_crop():
+    image, label = _blocks(width=50, height=30, block=3)
+    for seed in range(4):
+        resized = transform(image, label, Stream(dataset="gta5", crop=(32, 16), small_images="resize"), seed)
+        padded = transform(image, label, Stream(dataset="gta5", crop=(32, 16)), seed)
+        np.testing.assert_array_equal(resized[1], padded[1])
+        np.testing.assert_array_equal(resized[0], padded[0])

@@ -102,7 +102,10 @@ def _official_gradients(method, batch, cfg, i_iter, run_semi=True):
         pred = torch.cat((pred, d_remain), 0)
         ignore_mask = np.concatenate((ignore_mask, ignore_mask_remain), axis=0)
     loss_d = _bce_loss(_interp(model_d(F.softmax(pred, dim=1)), size), _make_d_label(0, ignore_mask)) / 2
-    loss_d = loss_d + _bce_loss(_interp(model_d(_one_hot(labels)), size), _make_d_label(1, labels.numpy() == 255)) / 2
+    # train.py:435-445: labels_gt of the next trainloader_gt batch (its own sampler over the labelled ids); the cases
+    # without a "labeled_real" stream stand in the labelled batch's labels (method.d_real_stream = false)
+    gt = batch.get("labeled_real", batch["labeled"])["label"]
+    loss_d = loss_d + _bce_loss(_interp(model_d(_one_hot(gt)), size), _make_d_label(1, gt.numpy() == 255)) / 2
     return model_grads, torch.autograd.grad(loss_d, list(model_d.parameters()))
 
 
@@ -150,6 +153,7 @@ CASES = [
     ("after_semi_start_no_d_remain", SEMI_START + 5, "median", {"d_remain": False}),
     ("no_confident_pixel", SEMI_START, 1.0, {}),
     ("before_semi_start_adv", 0, 0.2, {"semi_start_adv": 1}),
+    ("d_real_stream", SEMI_START, "median", {"d_real_stream": True}),
 ]
 
 
@@ -169,6 +173,10 @@ def test_gradients_match_the_official_iteration(kernels, case, monkeypatch):
     else:
         method.cfg = dataclasses.replace(method.cfg, mask_t=mask_t)
     ctx.step_index = step
+    if method.cfg.d_real_stream:  # other labelled images: the labelled labels swapped and shifted
+        real = _batch(SIZE)["labeled"]["label"].flip(0).roll(5, dims=2)
+        batch["labeled_real"] = {"image": torch.zeros(2, 3, *SIZE), "label": real}
+        assert method.streams == ("labeled", "unlabeled", "labeled_real")
     run_semi = step >= method.cfg.semi_start_adv
     want_model, want_d = _official_gradients(method, batch, method.cfg, step, run_semi)
     if not run_semi:
