@@ -54,7 +54,15 @@ def read_metrics(path: str | Path) -> tuple[list[dict], list[dict], list[str]]:
         (train records, eval records, notes).
     """
     path = Path(path)
-    lines = path.read_text().splitlines() if path.is_file() else []
+    data = path.read_bytes() if path.is_file() else b""
+    try:
+        lines = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}: line {line} is not text (byte {error.start} is not UTF-8); expected one JSON object a line, "
+            "as training writes it"
+        ) from None
     by_kind: dict[str, dict[int, dict]] = {"train": {}, "eval": {}}
     notes: list[str] = []
     for number, line in enumerate(lines, start=1):
@@ -184,6 +192,24 @@ def plot_per_class(last: dict, best: dict | None, path: Path) -> None:
     _save(figure, path)
 
 
+def _unreadable(path: Path) -> str:
+    """Why a PNG cannot be shown, or ""."""
+    try:
+        with Image.open(path) as picture:
+            picture.load()
+    except (OSError, SyntaxError, ValueError) as error:
+        return f"{path}: {error}"
+    return ""
+
+
+def readable_samples(folder: Path, stems: list[str]) -> tuple[list[str], list[str]]:
+    """The stems whose three PNGs decode, and a note for each file that does not (the sample is left out)."""
+    notes = [problem for stem in stems for kind in ("image", "label", "pred")
+             if (problem := _unreadable(folder / f"{stem}_{kind}.png"))]  # fmt: skip
+    good = [s for s in stems if not any(n.startswith(f"{folder / s}_") for n in notes)]
+    return good, [f"sample left out, unreadable PNG {note}" for note in notes]
+
+
 def plot_samples(folder: Path, stems: list[str], path: Path) -> None:
     """A grid with one row per image: input, label, prediction."""
     figure, axes = plt.subplots(len(stems), 3, figsize=(10, 2.6 * len(stems)), squeeze=False)
@@ -209,7 +235,7 @@ def _run_title(run_dir: Path) -> str:
     config = run_dir / "config.json"
     try:
         tree = json.loads(config.read_text()) if config.is_file() else {}
-    except json.JSONDecodeError:
+    except (ValueError, OSError):  # not JSON, not text or unreadable: the title goes without recipe and method
         tree = {}
     method = tree.get("method", {}).get("name", "") if isinstance(tree.get("method"), dict) else ""
     recipe = tree.get("recipe", "")
@@ -273,6 +299,11 @@ def write_report(run_dir: str | Path) -> Path:
         plot_miou(evals, best, out / "miou.png")
         plot_per_class(last, best, out / "per_class_iou.png")
         if folder is not None:
-            plot_samples(folder, stems, out / "samples.png")
+            stems, unreadable = readable_samples(folder, stems)
+            notes = notes + unreadable
+            if stems:
+                plot_samples(folder, stems, out / "samples.png")
+            else:
+                folder = None
     samples = folder if last is not None else None
     return atomic_write_text(out / "summary.md", summary_markdown(run_dir, train, evals, samples, notes))

@@ -128,3 +128,32 @@ def test_bad_input_names_the_file(tmp_path):
     path.write_text('{"kind": "train", "step": "one"}\n{"kind": "train", "step": 1}\n')
     with pytest.raises(ValueError, match="line 1: expected an object with an integer 'step'"):
         read_metrics(path)
+
+
+def test_binary_metrics_log_is_an_error_naming_the_file_and_line(tmp_path, capsys):
+    # issue 19 point 7: the message was "'utf-8' codec can't decode byte 0x89 ...", without the file
+    from segadapt import cli
+
+    run_dir = _write_run(tmp_path / "run", with_eval=False)
+    path = run_dir / "metrics.jsonl"
+    path.write_bytes(path.read_bytes() + b"\x89PNG\r\n\x1a\n\x00\xff")
+    (run_dir / "config.json").write_bytes(b"\xff\xfe binary")  # the title then goes without recipe and method
+    with pytest.raises(ValueError, match=rf"^{path}: line 11 is not text \(byte \d+ is not UTF-8\)"):
+        read_metrics(path)
+    assert cli.main(["report", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"segadapt: error: {path}: line 11 is not text")
+
+
+def test_corrupt_sample_png_is_left_out_with_a_note(tmp_path):
+    # issue 19 point 7: a corrupt prediction PNG ended `segadapt report` in a traceback
+    run_dir = _write_run(tmp_path / "run")
+    folder = run_dir / "eval" / "step_0000100"
+    (folder / "val_1_pred.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    summary = write_report(run_dir).read_text()
+    assert f"- note: sample left out, unreadable PNG {folder / 'val_1_pred.png'}: " in summary
+    _, three_rows = _decodes(run_dir / "report" / "samples.png")
+    for stale in [*folder.glob("val_1_*.png"), *folder.glob("val_4_*.png")]:
+        stale.unlink()  # leaves val_0, val_2, val_3: the three the report kept
+    write_report(run_dir)
+    assert _decodes(run_dir / "report" / "samples.png")[1] == three_rows
