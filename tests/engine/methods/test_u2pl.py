@@ -122,6 +122,11 @@ def test_official_label_onehot_puts_each_half_union_in_image_zero():
         assert torch.equal(u2pl.official_label_onehot(label, C), _official_onehot_oracle(label)), batch
 
 
+def test_unknown_onehot_mode_is_an_error_naming_the_key():
+    with pytest.raises(ValueError, match=r"method\.onehot = 'both': expected 'official' or 'true'"):
+        _build(onehot="both")
+
+
 @pytest.mark.parametrize("onehot_mode", ["official", "true"])
 def test_contrastive_loss_and_negative_keys_match_a_loop_transcription(onehot_mode):
     g = torch.Generator().manual_seed(3)
