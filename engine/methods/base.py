@@ -64,8 +64,9 @@ class StepContext:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.amp_dtype)
 
-    def backward(self, loss: Tensor, retain_graph: bool = False) -> None:
-        self.scaler.scale(loss / self.iter_size).backward(retain_graph=retain_graph)
+    def backward(self, loss: Tensor, retain_graph: bool = False, inputs: list[Tensor] | None = None) -> None:
+        """`inputs`: accumulate gradients into these tensors only (torch's backward(inputs=...))."""
+        self.scaler.scale(loss / self.iter_size).backward(retain_graph=retain_graph, inputs=inputs)
 
     def step(self, name: str) -> None:
         if name not in self.optimizers:

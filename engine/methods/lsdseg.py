@@ -11,35 +11,55 @@ size n; images for D and for G's L1 target are the un-normalised inputs in [0, 1
   L_D = [CE(D_s(src), 0) + CE(D_s(G(src)), 1) + CE(D_c(src), y_D) + CE(D_s(tgt), 2) + CE(D_s(G(tgt)), 3)] / n
   L_G = [CE(D_c(G(src)), y_D) + g_adv_weight * (CE(D_s(G(src)), 0) + CE(D_s(G(tgt)), 2))
          + l1_weight * (L1(G(src), src) + L1(G(tgt), tgt))] / n
-  L_F = [CE(F(src), y) + adv_weight * (CE(D_s(G(src)), 3) + CE(D_s(G(tgt)), 0)) + c_weight * CE(D_c(G(src)), y_D)] / n
-with y_D the source label resized (nearest) to D's output size. Optimisers: F Adam 1e-5 betas (0.9, 0.999), biases at
-2x lr; G and D Adam 1e-4 betas (0.7, 0.999); updates in the order D, G, F.
+  L_F = [CE(F(src), y) + adv_weight * (CE(D_s(G(src)), 2) + CE(D_s(G(tgt)), 0)) + c_weight * CE(D_c(G(src)), y_D)] / n
+with y_D the source label resized (nearest) to D's output size (`label_for_d`). F's flipped domain targets: generated
+source -> 2 (target-real), generated target -> 0 (source-real), trainer_LSD.py:281-282. Optimisers: F Adam 1e-5
+betas (0.9, 0.999), biases at 2x lr; G and D Adam 1e-4 betas (0.7, 0.999); updates in the order D, G, F.
 
-How one step here equals the official one. The official loop runs every forward once with the parameters of the
-start of the step and then, with `retain_graph=True`, backpropagates L_D into D and steps it, L_G into G and steps
-it, L_F into F and steps it (each optimizer is zeroed right before its backward, so each network is moved by its own
-loss only). Every loss value therefore depends on the start-of-step parameters, and each network's update is the
-gradient of its own loss there. We compute exactly those three gradients before any step, each from forwards in
-which the other networks are frozen or their inputs detached (D: on G's outputs detached; G: on F's features
-detached, D frozen; F: G and D frozen), then step D, G, F. Re-running the G / D forwards per update (instead of one
-graph with retain_graph) keeps every DDP-wrapped module to one backward per step: D runs one forward and one
-backward per domain; G and F run one forward per domain and a single backward of both domains' summed terms.
-The one thing not reproduced: under PyTorch 0.2 the official G and F backward passes read D's (and G's) weights
-*after* their in-place `optimizer.step()` (a `.data` update the 0.2 autograd did not version-check); modern
-PyTorch refuses that, and we use the start-of-step weights throughout.
+How one step here equals the official one. trainer_LSD.py:211-221 runs every network forward once per iteration, in
+the order F(src), G(src), D(G(src)), D(src), F(tgt), G(tgt), D(tgt), D(G(tgt)), and computes L_D, L_G and L_F on that
+one graph (shared dropout masks); it then backpropagates L_D (retain_graph) and steps D, L_G (retain_graph) and steps
+G, L_F and steps F, each optimizer zeroed right before its backward, so each network is moved by its own loss only.
+We run the same forwards in the same order (so a transcription of the official loop seeded alike draws the same
+dropout masks on the CPU: the tests rely on it) and the same three backward passes, each restricted to its own
+network's parameters (`backward(inputs=...)`: the official zeroing, without computing the gradients it throws away),
+then step D, G, F. Every DDP-wrapped module gets one backward per step (F and G run two forwards, D four, as
+officially).
 
-| official behaviour                                                | here                                         |
-|-------------------------------------------------------------------|----------------------------------------------|
-| pixel-sum CE divided by batch (size_average=False)                | always (`_ce_sum`, fused kernel for F's CE)  |
-| G's domain weight 0.1 hard-coded                                  | method.g_adv_weight = 0.1                    |
-| F: Adam, biases 2x lr, no weight decay (Adam branch of train.py)  | method.bias_lr_mult = 2, optim.weight_decay=0|
-| F lr x0.1 every 8 epochs (F only; epoch = 2975 target images)     | schedule.policy = "step"; G, D unscheduled   |
-| y_D: PIL resize((h, w)) (the (W, H) argument order swapped), -1   | nearest-exact resize to (h, w), 255 ignored  |
-|   ignore cast to uint8 255 and not ignored                         |                                              |
-| G's last ConvT(64->3, k8, s2, p100) undoes FCN's 100-px padding    | padding = model.input_padding (FCN: 100),    |
-|                                                                   | 3 (exact x2) for segmenters without padding  |
-| G's skip concats assume sizes that match (640x320, 1024x512)      | 1-px ceil-mode excess cropped, other sizes   |
-|                                                                   | bilinearly resized (never for those sizes)   |
+Quirks (official code @ 25ea4ce under its Python 2 / PyTorch 0.2; "on" = what the paper recipes set):
+
+| official behaviour                                                  | here                                         |
+|---------------------------------------------------------------------|----------------------------------------------|
+| pixel-sum CE divided by batch (size_average=False)                  | always (`_ce_sum`, fused kernel for F's CE)  |
+| G's domain weight 0.1 hard-coded                                    | method.g_adv_weight = 0.1                    |
+| F: Adam, biases 2x lr, no weight decay (Adam branch of train.py)    | method.bias_lr_mult = 2, optim.weight_decay=0|
+| F lr x0.1 every 8 epochs (F only; epoch = 2975 target images)       | schedule.policy = "step"; G, D unscheduled   |
+| F scores G(src) as class 2, target-real (trainer_LSD.py:281         | always (segadapt before issue 17 used 3,     |
+|   lossF_src_adv_s uses domain_labels_tgt_real)                      |   target-fake: loss/f 22603 vs 22825 at it 0)|
+| one forward of F, G, D per iteration (trainer_LSD.py:211-221); the  | always (before issue 17 segadapt re-ran G    |
+|   D, G, F losses share graphs and dropout masks                     |   and D per update, with fresh masks)        |
+| PyTorch 0.2: the G and F backward passes, run with retain_graph     | NOT reproduced: all three gradients at the   |
+|   after optimD.step() / optimG.step(), read D's (and G's) weights   |   start-of-step weights, the steps after the |
+|   as updated in place (`.data`, not version-checked). Measured by   |   three backwards; modern autograd refuses   |
+|   the parity script (issue 17): G grads move up to 1.5e-1 rel, F's  |   saved weights changed in place             |
+|   3.4e-2, at the official lrs                                       |                                              |
+| y_D: PIL resize((h, w)) (the (W, H) argument swapped): a (w, h)     | method.label_d_swapped_hw = true (on): the   |
+|   map, copied row-major into the (h, w) buffer by PyTorch 0.2:      |   same scramble (`label_for_d`); false: a    |
+|   ~15% of cells agree with a correct resize. -1 -> 19 -> -1: the    |   correct nearest-exact resize to (h, w).    |
+|   ignore label stays ignored                                        |   255 stays ignored either way               |
+| Python 2: max_epoch = ceil(100000 // 2975) = 33 epochs, so the loop | schedule.total_steps = stop_step = 98175     |
+|   runs 98,175 iterations and never reaches --num_iters 100000       |   (paper recipes)                            |
+| GTA5 (class defined, not wired in train.py): resize to (1280,       | data.source.resize = [1280, 703] (a fixed    |
+|   int(1280 / aspect)) = 1280x703 for 1914x1052, image LANCZOS,      |   size; images of another aspect get 703     |
+|   label resize(LANCZOS): Pillow resamples "P" labels NEAREST        |   too), image bicubic (the loader's filter), |
+|   whatever the filter, "L" labels by interpolating ids (the mapped  |   label nearest (see lsd_gta2cs.toml)        |
+|   labels were never released: their mode is unknown)                |                                              |
+| train.py image_size [640, 320]; paper 1024x512 (author, LSD-seg#4)  | documented choice: 1024x512 crops, eval input|
+| validation every 500 iterations, best snapshot kept                 | documented choice: train.eval_every = 5000   |
+| G's last ConvT(64->3, k8, s2, p100) undoes FCN's 100-px padding     | padding = model.input_padding (FCN: 100),    |
+|                                                                     | 3 (exact x2) for segmenters without padding  |
+| G's skip concats assume sizes that match (640x320, 1024x512)        | 1-px ceil-mode excess cropped, other sizes   |
+|                                                                     | bilinearly resized (never for those sizes)   |
 
 Segmenter feature contract: the forward dict holds "main" plus either FCN-8s's "fc7", "pool4", "pool3" or the generic
 "feat_deep", "feat_mid", "feat_shallow" (DeepLab-v2: layer4, layer3, layer2; toy: its stem three times; both
@@ -57,13 +77,12 @@ from torch import nn
 from segadapt.config import Config
 from segadapt.config import LSDSeg as LSDSegConfig
 from segadapt.config import Optim
+from segadapt.kernels.upsample_cross_entropy import upsample_cross_entropy
 from segadapt.methods.base import Method
 from segadapt.methods.base import OptimizerSpec
 from segadapt.methods.base import StepContext
-from segadapt.methods.base import frozen
-from segadapt.kernels.upsample_cross_entropy import upsample_cross_entropy
 
-__all__ = ["Discriminator", "Generator", "LSDSeg", "ResBlock", "build", "feature_keys"]
+__all__ = ["Discriminator", "Generator", "LSDSeg", "ResBlock", "build", "feature_keys", "label_for_d"]
 
 FCN_KEYS = ("fc7", "pool4", "pool3")
 GENERIC_KEYS = ("feat_deep", "feat_mid", "feat_shallow")
@@ -210,6 +229,23 @@ def _ce_sum(logits: Tensor, label: Tensor | int) -> Tensor:
     return F.cross_entropy(logits, label, ignore_index=255, reduction="sum")
 
 
+def label_for_d(label: Tensor, size: tuple[int, int], swapped_hw: bool) -> Tensor:
+    """D's auxiliary-class labels y_D: the source label (N, H, W) resized nearest to D's output (h, w).
+
+    swapped_hw (official, method.label_d_swapped_hw): segmentation_datasets.py `transform_label_forD` calls PIL
+    `resize((h, w))`, whose argument is (width, height), so PIL returns a map of h columns and w rows; trainer_LSD.py
+    copies it into the (h, w) buffer `label_forD[i]`, which PyTorch 0.2 did element by element in row-major order
+    (same element count, other shape): a reshape. Off: a correct nearest resize to (h, w). PIL NEAREST and
+    torch "nearest-exact" both read source index floor((i + 0.5) * in / out); PIL computes it in fixed point, so
+    where that product falls on (or within rounding of) an integer the two can pick neighbouring pixels; at the
+    paper's sizes (512x1024 -> 64x128, 320x640 -> 40x80: whole-number scales) they agree. The ignore label survives
+    either way (official -1 -> 19 -> -1; 255 here).
+    """
+    h, w = size
+    resized = F.interpolate(label[:, None].float(), size=(w, h) if swapped_hw else (h, w), mode="nearest-exact")
+    return resized.reshape(label.shape[0], h, w).long()
+
+
 class LSDSeg(Method):
     streams = ("source", "target")
     unregistered = ("net", "g_net", "d_net")
@@ -272,70 +308,53 @@ class LSDSeg(Method):
         """Normalised network input (N, 3, H, W) -> the official D / L1 image: pixels / 255 in [0, 1]."""
         return image.float() * self.pixel_std + self.pixel_mean
 
-    def _features(self, out: dict[str, Tensor], detach: bool) -> list[Tensor]:
-        return [out[k].detach() if detach else out[k] for k in self.keys]
+    def _features(self, out: dict[str, Tensor]) -> list[Tensor]:
+        return [out[k] for k in self.keys]
 
     def train_step(self, batch: dict[str, dict[str, Tensor]], ctx: StepContext) -> dict[str, Tensor]:
         cfg = self.cfg
         source, target = batch["source"], batch["target"]
         n = source["image"].shape[0]  # official: every loss / len(data_source)
-        real = {"source": self.to_unit(source["image"]), "target": self.to_unit(target["image"])}
-        sizes = {d: tuple(real[d].shape[-2:]) for d in real}
+        real_src, real_tgt = self.to_unit(source["image"]), self.to_unit(target["image"])
+        # One forward of each network per iteration, in trainer_LSD.py:211-221's order; all three losses below are
+        # taken on this graph (shared dropout masks, as officially).
         with ctx.autocast():
-            out = {"source": self.net(source["image"]), "target": self.net(target["image"])}
-            # G forwards for the D and G updates: on F's features detached (F is moved by L_F only).
-            fake = {d: self.g_net(*self._features(out[d], True), sizes[d]) for d in out}
+            out_src = self.net(source["image"])
+            fake_src = self.g_net(*self._features(out_src), tuple(real_src.shape[-2:]))
+            src_fake_s, src_fake_c = self.d_net(fake_src)
+            src_real_s, src_real_c = self.d_net(real_src)
+            out_tgt = self.net(target["image"])
+            fake_tgt = self.g_net(*self._features(out_tgt), tuple(real_tgt.shape[-2:]))
+            tgt_real_s, _ = self.d_net(real_tgt)
+            tgt_fake_s, _ = self.d_net(fake_tgt)
+        label_d = label_for_d(source["label"], tuple(src_fake_c.shape[-2:]), cfg.label_d_swapped_hw)
 
-        # (1) D: real and (detached) generated images of one domain in one forward, one backward per forward.
-        loss_d = 0.0
-        label_d = None
-        for domain, (real_class, fake_class) in (("source", (0, 1)), ("target", (2, 3))):
-            with ctx.autocast():
-                s, c = self.d_net(torch.cat((real[domain], fake[domain].detach().float())))
-            if label_d is None:
-                label_d = F.interpolate(source["label"][:, None].float(), size=s.shape[-2:], mode="nearest-exact")
-                label_d = label_d[:, 0].long()
-            loss = _ce_sum(s[:n], real_class) + _ce_sum(s[n:], fake_class)
-            if domain == "source":
-                loss = loss + _ce_sum(c[:n], label_d)
-            ctx.backward(loss / n)
-            loss_d = loss_d + loss.detach() / n
+        # (1) D: trainer_LSD.py:252-260.
+        loss_d = (_ce_sum(src_real_s, 0) + _ce_sum(src_fake_s, 1) + _ce_sum(src_real_c, label_d)
+                  + _ce_sum(tgt_real_s, 2) + _ce_sum(tgt_fake_s, 3)) / n  # fmt: skip
+        # (2) G: trainer_LSD.py:267-274 (L1 is a mean over elements, as F.l1_loss).
+        l1 = F.l1_loss(fake_src.float(), real_src) + F.l1_loss(fake_tgt.float(), real_tgt)
+        loss_g = (_ce_sum(src_fake_c, label_d) + cfg.g_adv_weight * (_ce_sum(src_fake_s, 0) + _ce_sum(tgt_fake_s, 2))
+                  + cfg.l1_weight * l1) / n  # fmt: skip
+        # (3) F: trainer_LSD.py:280-286; generated source -> 2 (target-real), generated target -> 0 (source-real).
+        seg = upsample_cross_entropy(out_src["main"], source["label"], align_corners=cfg.align_corners, reduction="sum")
+        loss_f = (seg + cfg.adv_weight * (_ce_sum(src_fake_s, 2) + _ce_sum(tgt_fake_s, 0))
+                  + cfg.c_weight * _ce_sum(src_fake_c, label_d)) / n  # fmt: skip
 
-        # (2) G: through the frozen raw D (its parameters get no gradient here). Both domains' terms go into one
-        # backward: G ran one forward per domain, and under DDP a module's forwards of a step share one backward.
-        loss_g = 0.0
-        with frozen(self.discriminators):
-            for domain, domain_class in (("source", 0), ("target", 2)):
-                with ctx.autocast():
-                    s, c = self.discriminators["d"](fake[domain])
-                loss = cfg.g_adv_weight * _ce_sum(s, domain_class)
-                loss = loss + cfg.l1_weight * F.l1_loss(fake[domain].float(), real[domain])
-                if domain == "source":
-                    loss = loss + _ce_sum(c, label_d)
-                loss_g = loss_g + loss / n
-        ctx.backward(loss_g)
-
-        # (3) F: segmentation + flipped domain labels through frozen raw G and D; one backward for both domains (F
-        # also ran one forward per domain).
-        loss_f = 0.0
-        with frozen(self.generator, self.discriminators):
-            for domain, flipped_class in (("source", 3), ("target", 0)):
-                with ctx.autocast():
-                    regenerated = self.generator(*self._features(out[domain], False), sizes[domain])
-                    s, c = self.discriminators["d"](regenerated)
-                loss = cfg.adv_weight * _ce_sum(s, flipped_class)
-                if domain == "source":
-                    seg = upsample_cross_entropy(
-                        out[domain]["main"], source["label"], align_corners=cfg.align_corners, reduction="sum"
-                    )
-                    loss = loss + seg + cfg.c_weight * _ce_sum(c, label_d)
-                loss_f = loss_f + loss / n
-        ctx.backward(loss_f)
-
+        # The official optimD / optimG / optim.zero_grad() before each backward keeps each network's own loss only:
+        # each backward here reaches its own network's parameters and nothing else.
+        ctx.backward(loss_d, retain_graph=True, inputs=self._trainable(self.discriminators))
+        ctx.backward(loss_g, retain_graph=True, inputs=self._trainable(self.generator))
+        ctx.backward(loss_f, inputs=self._trainable(self.model))
         ctx.step("discriminator")
         ctx.step("generator")
         ctx.step("model")
-        return {"loss/seg": seg.detach() / n, "loss/d": loss_d, "loss/g": loss_g.detach(), "loss/f": loss_f.detach()}
+        return {"loss/seg": seg.detach() / n, "loss/d": loss_d.detach(), "loss/g": loss_g.detach(),
+                "loss/f": loss_f.detach()}  # fmt: skip
+
+    @staticmethod
+    def _trainable(module: nn.Module) -> list[Tensor]:
+        return [p for p in module.parameters() if p.requires_grad]
 
 
 def build(model: nn.Module, cfg: Config) -> LSDSeg:
