@@ -45,7 +45,7 @@ Quirks (official code @ 25ea4ce under its Python 2 / PyTorch 0.2; "on" = what th
 |   3.4e-2, at the official lrs                                       |                                              |
 | y_D: PIL resize((h, w)) (the (W, H) argument swapped): a (w, h)     | method.label_d_swapped_hw = true (on): the   |
 |   map, copied row-major into the (h, w) buffer by PyTorch 0.2:      |   same scramble (`label_for_d`); false: a    |
-|   ~15% of cells agree with a correct resize. -1 -> 19 -> -1: the    |   correct nearest-exact resize to (h, w).    |
+|   ~15% of cells agree with a correct resize. -1 -> 19 -> -1: the    |   correct PIL-NEAREST resize to (h, w).      |
 |   ignore label stays ignored                                        |   255 stays ignored either way               |
 | Python 2: max_epoch = ceil(100000 // 2975) = 33 epochs, so the loop | schedule.total_steps = stop_step = 98175     |
 |   runs 98,175 iterations and never reaches --num_iters 100000       |   (paper recipes)                            |
@@ -69,8 +69,12 @@ return them once `return_features` is set, which this method does), and the segm
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 from torch import nn
 
@@ -229,21 +233,29 @@ def _ce_sum(logits: Tensor, label: Tensor | int) -> Tensor:
     return F.cross_entropy(logits, label, ignore_index=255, reduction="sum")
 
 
-def label_for_d(label: Tensor, size: tuple[int, int], swapped_hw: bool) -> Tensor:
-    """D's auxiliary-class labels y_D: the source label (N, H, W) resized nearest to D's output (h, w).
+@functools.lru_cache(maxsize=64)
+def _pil_nearest_index(size_in: int, size_out: int, device: torch.device) -> Tensor:
+    """Source index of each output index of PIL's NEAREST resize along one axis, read off PIL itself (PIL works in
+    16.16 fixed point, so floor((i + 0.5) * in / out) picks a neighbour on ties); cached on the device, so a training
+    step with fixed sizes copies nothing to it."""
+    ramp = Image.fromarray(np.arange(size_in, dtype=np.int32)[None, :])
+    return torch.from_numpy(np.asarray(ramp.resize((size_out, 1), Image.NEAREST))[0].astype(np.int64)).to(device)
 
-    swapped_hw (official, method.label_d_swapped_hw): segmentation_datasets.py `transform_label_forD` calls PIL
-    `resize((h, w))`, whose argument is (width, height), so PIL returns a map of h columns and w rows; trainer_LSD.py
-    copies it into the (h, w) buffer `label_forD[i]`, which PyTorch 0.2 did element by element in row-major order
-    (same element count, other shape): a reshape. Off: a correct nearest resize to (h, w). PIL NEAREST and
-    torch "nearest-exact" both read source index floor((i + 0.5) * in / out); PIL computes it in fixed point, so
-    where that product falls on (or within rounding of) an integer the two can pick neighbouring pixels; at the
-    paper's sizes (512x1024 -> 64x128, 320x640 -> 40x80: whole-number scales) they agree. The ignore label survives
-    either way (official -1 -> 19 -> -1; 255 here).
+
+def label_for_d(label: Tensor, size: tuple[int, int], swapped_hw: bool) -> Tensor:
+    """D's auxiliary-class labels y_D: the source label (N, H, W) resized with PIL NEAREST to D's output (h, w).
+
+    swapped_hw (official, method.label_d_swapped_hw): segmentation_datasets.py:144-154 `transform_label_forD` calls
+    PIL `resize((h, w))`, whose argument is (width, height), so PIL returns a map of h columns and w rows;
+    trainer_LSD.py:229-231 copies it into the (h, w) buffer `label_forD[i]`, which PyTorch 0.2 did element by element
+    in row-major order (same element count, other shape): a reshape. Off: a correct nearest resize to (h, w). The
+    ignore label survives either way (official -1 -> 19 -> -1; 255 here).
     """
     h, w = size
-    resized = F.interpolate(label[:, None].float(), size=(w, h) if swapped_hw else (h, w), mode="nearest-exact")
-    return resized.reshape(label.shape[0], h, w).long()
+    rows_out, columns_out = (w, h) if swapped_hw else (h, w)
+    rows = _pil_nearest_index(label.shape[1], rows_out, label.device)
+    columns = _pil_nearest_index(label.shape[2], columns_out, label.device)
+    return label[:, rows[:, None], columns[None, :]].reshape(label.shape[0], h, w)
 
 
 class LSDSeg(Method):

@@ -206,14 +206,14 @@ def test_one_forward_of_each_network_per_iteration():
     assert calls == {"f": 2, "g": 2, "d": 4}
 
 
-@pytest.mark.parametrize("size", [(4, 8), (8, 16), (16, 32)])
-def test_label_for_d_reproduces_the_official_swapped_map(size):
-    # segmentation_datasets.py:144-154 transform_label_forD + trainer_LSD.py:229-231 (see _official_label_for_d), at
-    # the paper's ratios (512x1024 -> D 64x128): whole-number scales, where PIL's fixed-point NEAREST and torch's
-    # nearest-exact pick the same source pixels (elsewhere they may differ on ties).
+@pytest.mark.parametrize(("shape", "size"), [((64, 128), (8, 16)), ((32, 48), (4, 6)), ((37, 71), (7, 9))])
+def test_label_for_d_reproduces_the_official_swapped_map(shape, size):
+    # segmentation_datasets.py:144-154 transform_label_forD + trainer_LSD.py:229-231 (see _official_label_for_d): the
+    # paper's ratio (512x1024 -> D 64x128) and sizes where PIL's fixed-point NEAREST and floor((i + 0.5) * in / out)
+    # part on ties (32 -> 6 rows: PIL reads row 23 for output 4, the exact formula 24).
     g = torch.Generator().manual_seed(3)
-    label = torch.randint(0, 19, (2, 64, 128), generator=g)
-    label[:, :5] = 255
+    label = torch.randint(0, 19, (2, *shape), generator=g)
+    label[:, :3] = 255
     swapped = label_for_d(label, size, swapped_hw=True)
     assert torch.equal(swapped, _official_label_for_d(label, size, swapped=True))
     correct = label_for_d(label, size, swapped_hw=False)
