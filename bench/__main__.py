@@ -1,4 +1,4 @@
-"""`python -m segadapt.bench {kernels,loader,infer,train} [...]` runs a benchmark; `python -m segadapt.bench report` renders results.
+"""`python -m segadapt.bench {kernels,loader,infer,train,aot,roofline} [...]` runs a benchmark; `python -m segadapt.bench report` renders results.
 
 `report` reads every JSON in bench/results/ and writes one markdown page, bench/results/REPORT.md (a section per
 result file: device, versions, window and its table), plus bench/results/train_speedup.png, a bar chart of each
@@ -15,8 +15,11 @@ from typing import Any
 from segadapt.bench.common import RESULTS_DIR
 from segadapt.bench.common import markdown_table
 
-BENCHES = ("kernels", "loader", "infer", "train", "methods")
-USAGE = "usage: python -m segadapt.bench {kernels,loader,infer,train,methods,report} [options]  (python -m segadapt.bench train --help)"
+BENCHES = ("kernels", "loader", "infer", "train", "aot", "roofline", "methods")
+USAGE = (
+    "usage: python -m segadapt.bench {kernels,loader,infer,train,aot,roofline,methods,report} [options]"
+    "  (python -m segadapt.bench train --help)"
+)
 ENV_KEYS = ("device_name", "torch", "triton", "dali", "cuda", "git_sha", "timestamp")
 
 
@@ -106,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[0] in BENCHES:
         import importlib
 
-        importlib.import_module(f"segadapt.bench.{argv[0]}").main(argv[1:])
+        status = importlib.import_module(f"segadapt.bench.{argv[0]}").main(argv[1:])
+        return status if isinstance(status, int) else 0
     else:
         report(Path(argv[1]) if len(argv) > 1 else RESULTS_DIR)
     return 0

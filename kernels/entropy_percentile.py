@@ -26,18 +26,20 @@ writes the two masks (N*H*W*2 bytes). Every intermediate (ranks, prefixes, histo
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
 from segadapt.kernels._dispatch import use_triton
+from segadapt.kernels._launch import check_logits
+from segadapt.kernels._launch import check_pixel_map
+from segadapt.kernels._launch import launch
+from segadapt.kernels._launch import pixel_stride
+from segadapt.kernels._launch import pixel_tile
+from segadapt.kernels._launch import tuned
 
 __all__ = ["entropy_percentile", "entropy_percentile_ref"]
-
-_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _ranks(num_valid: Tensor, percentile: float | Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -95,13 +97,21 @@ def entropy_percentile_ref(
     return entropy, threshold, valid & (entropy < threshold), valid & (entropy >= threshold)
 
 
-def _entropy_configs() -> list[triton.Config]:
-    if os.environ.get("TRITON_INTERPRET") == "1" or os.environ.get("SEGADAPT_AUTOTUNE") == "0":
-        return [triton.Config({"BLOCK_P": 64}, num_warps=4)]
-    return [triton.Config({"BLOCK_P": block}, num_warps=warps) for block, warps in ((64, 2), (128, 4), (256, 8))]
+@triton.jit
+def _online_entropy_update(running_max, running_sum, running_dot, x):
+    """Fold x into (m, S = sum exp(x_i - m), T = sum exp(x_i - m) (x_i - m)) with one exponential.
+
+    A new maximum m' = x (d = x - m > 0) rescales: S' = e^-d S + 1 and T' = e^-d (T - d S) (the new term is 0);
+    otherwise S' = S + e^d and T' = T + e^d d. The entropy is then log S - T / S.
+    """
+    delta = x - running_max
+    scale = tl.exp(-tl.abs(delta))
+    grows = delta > 0
+    new_sum = tl.where(grows, running_sum * scale + 1.0, running_sum + scale)
+    new_dot = tl.where(grows, scale * (running_dot - delta * running_sum), running_dot + scale * delta)
+    return tl.where(grows, x, running_max), new_sum, new_dot
 
 
-@triton.autotune(configs=_entropy_configs(), key=["C"])
 @triton.jit
 def _entropy_fwd_kernel(
     logits_ptr,
@@ -111,25 +121,25 @@ def _entropy_fwd_kernel(
     stride_c,
     stride_p,
     C: tl.constexpr,
-    BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    n = tl.cast(tl.program_id(1), tl.int64)
-    offs_p = tl.cast(tl.program_id(0), tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_c = tl.arange(0, BLOCK_C)
-    mask_p = offs_p < num_pixels
-    mask = (offs_c[:, None] < C) & mask_p[None, :]
-    ptrs = logits_ptr + n * stride_n + offs_c[:, None] * stride_c + offs_p[None, :] * stride_p
-    x = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
-    # Padded classes get -inf (no mass); padded pixels keep finite zeros so that they compute NaN-free garbage.
-    mask_c = offs_c[:, None] < C
-    x = tl.where(mask_c, x, -float("inf"))
-    shifted = tl.where(mask_c, x - tl.max(x, axis=0)[None, :], 0.0)
-    e = tl.where(mask_c, tl.exp(shifted), 0.0)
-    total = tl.sum(e, axis=0)
-    # H = log S - sum(e * (x - m)) / S: one exp per element, no separate log-softmax tensor.
-    entropy = tl.log(total) - tl.sum(e * shifted, axis=0) / total
+    # One pixel per lane, classes in a loop: per-pixel work runs once, whatever the layout (NCHW loads coalesce;
+    # channels-last loads hit the same cache lines class after class).
+    n, offs_p, mask_p = pixel_tile(num_pixels, BLOCK_P)
+    ptrs = logits_ptr + n * stride_n + offs_p.to(tl.int64) * stride_p
+    # Started from class 0, so padded pixels (zeros) and the arithmetic never see -inf.
+    running_max = tl.load(ptrs, mask=mask_p, other=0.0).to(tl.float32)
+    running_sum = tl.full([BLOCK_P], 1.0, tl.float32)
+    running_dot = tl.zeros([BLOCK_P], tl.float32)
+    for c in tl.static_range(1, C):
+        x = tl.load(ptrs + c * stride_c, mask=mask_p, other=0.0).to(tl.float32)
+        running_max, running_sum, running_dot = _online_entropy_update(running_max, running_sum, running_dot, x)
+    entropy = tl.log(running_sum) - running_dot / running_sum
     tl.store(entropy_ptr + n * num_pixels + offs_p, tl.maximum(entropy, 0.0), mask=mask_p)
+
+
+_CONFIGS = [triton.Config({"BLOCK_P": block}, num_warps=warps) for block, warps in ((128, 4), (256, 8), (512, 8))]
+_ENTROPY = tuned(_entropy_fwd_kernel, _CONFIGS, triton.Config({"BLOCK_P": 512}, num_warps=8), ["C"])
 
 
 @triton.jit
@@ -161,7 +171,9 @@ def _radix_histogram_kernel(
         match = valid & ((keys & HIGH_MASK) == prefix)
         # Per-block histogram then 256 atomics: far less contention than one atomic per pixel.
         counts = tl.histogram(bins, 256, mask=match)
-        tl.atomic_add(hist_ptr + s * 256 + tl.arange(0, 256), counts.to(tl.int64))
+        # Relaxed: the select kernel reads the histogram only after this kernel ends (stream order), so the
+        # default acq_rel's fence and L1 invalidate per atomic buy nothing.
+        tl.atomic_add(hist_ptr + s * 256 + tl.arange(0, 256), counts.to(tl.int64), sem="relaxed")
 
 
 @triton.jit
@@ -203,28 +215,15 @@ def _split_kernel(
 
 
 def _check_inputs(logits: Tensor, ignore: Tensor) -> None:
-    if not isinstance(logits, Tensor) or not isinstance(ignore, Tensor):
-        raise TypeError("logits and ignore: expected torch.Tensor")
-    if logits.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"logits: expected float32/bfloat16/float16, got {logits.dtype}")
-    if logits.dim() != 4:
-        raise ValueError(f"logits: expected rank 4 (N, C, H, W), got shape {tuple(logits.shape)}")
+    check_logits(logits)
     if logits.numel() == 0:
         raise ValueError(f"logits: expected a non-empty tensor, got shape {tuple(logits.shape)}")
-    if logits.stride(2) != logits.shape[3] * logits.stride(3):
-        raise ValueError(
-            f"logits: H and W must merge into one pixel index (stride(2) == W * stride(3)), as in NCHW-contiguous "
-            f"or channels-last layouts; got strides {logits.stride()}"
-        )
+    if not isinstance(ignore, Tensor):
+        raise TypeError(f"ignore: expected torch.Tensor, got {type(ignore).__name__}")
     if ignore.dtype != torch.bool:
         raise TypeError(f"ignore: expected torch.bool, got {ignore.dtype}")
     expected = (logits.shape[0], logits.shape[2], logits.shape[3])
-    if tuple(ignore.shape) != expected:
-        raise ValueError(f"ignore: expected shape {expected} (N, H, W) matching logits, got {tuple(ignore.shape)}")
-    if ignore.device != logits.device:
-        raise ValueError(f"ignore: expected device {logits.device} (the logits' device), got {ignore.device}")
-    if ignore.stride(1) != ignore.shape[2] * ignore.stride(2):
-        raise ValueError(f"ignore: H and W must merge into one pixel index, got strides {ignore.stride()}")
+    check_pixel_map("ignore", ignore, expected, logits.device, (torch.bool,))
 
 
 def _radix_select_pair(keys: Tensor, ignore: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
@@ -236,11 +235,12 @@ def _radix_select_pair(keys: Tensor, ignore: Tensor, lo: Tensor, hi: Tensor) -> 
     ignore_bytes = ignore.view(torch.uint8)
     for index, shift in enumerate((24, 16, 8, 0)):
         high_mask = (0xFFFFFFFF << (shift + 8)) & 0x7FFFFFFF
-        _radix_histogram_kernel[(triton.cdiv(total, block),)](
-            keys, ignore_bytes, state, hist[index], num_pixels, total, ignore.stride(0), ignore.stride(2),
-            HIGH_MASK=high_mask, SHIFT=shift, BLOCK=block,
+        launch(
+            _radix_histogram_kernel, lambda meta: (triton.cdiv(total, block),), keys, ignore_bytes, state,
+            hist[index], num_pixels, total, ignore.stride(0), ignore.stride(2), HIGH_MASK=high_mask, SHIFT=shift,
+            BLOCK=block, work=total,
         )  # fmt: skip
-        _radix_select_step_kernel[(1,)](hist[index], state, SHIFT=shift)
+        launch(_radix_select_step_kernel, lambda meta: (1,), hist[index], state, SHIFT=shift, work=total)
     return state[0].to(torch.int32), state[1].to(torch.int32)
 
 
@@ -253,9 +253,9 @@ def _entropy_percentile_fwd(
     num_pixels = height * width
     entropy = torch.empty((batch, height, width), dtype=torch.float32, device=logits.device)
     grid = lambda meta: (triton.cdiv(num_pixels, meta["BLOCK_P"]), batch)
-    _entropy_fwd_kernel[grid](
-        logits, entropy, num_pixels, logits.stride(0), logits.stride(1), logits.stride(3),
-        C=channels, BLOCK_C=triton.next_power_of_2(channels),
+    launch(
+        _ENTROPY, grid, logits, entropy, num_pixels, logits.stride(0), logits.stride(1), pixel_stride(logits, "logits"),
+        C=channels, work=batch * num_pixels,
     )  # fmt: skip
     num_valid = (~ignore).sum()
     lo, hi, frac = _ranks(num_valid, percentile)
@@ -264,9 +264,10 @@ def _entropy_percentile_fwd(
     reliable = torch.empty_like(entropy, dtype=torch.bool)
     unreliable = torch.empty_like(entropy, dtype=torch.bool)
     total, block = entropy.numel(), 1024
-    _split_kernel[(triton.cdiv(total, block),)](
-        entropy, ignore.view(torch.uint8), threshold, reliable.view(torch.uint8), unreliable.view(torch.uint8),
-        num_pixels, total, ignore.stride(0), ignore.stride(2), BLOCK=block,
+    launch(
+        _split_kernel, lambda meta: (triton.cdiv(total, block),), entropy, ignore.view(torch.uint8), threshold,
+        reliable.view(torch.uint8), unreliable.view(torch.uint8), num_pixels, total, ignore.stride(0),
+        ignore.stride(2), BLOCK=block, work=total,
     )  # fmt: skip
     return entropy, threshold, reliable, unreliable
 

@@ -19,14 +19,14 @@ M*dim elements of storage. `sample` reads Q*k*dim elements.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
 from segadapt.kernels._dispatch import use_triton
+from segadapt.kernels._launch import launch
+from segadapt.kernels._launch import tuned
 
 __all__ = ["MemoryQueue", "memory_queue_enqueue", "memory_queue_enqueue_ref", "u2pl_lengths"]
 
@@ -81,15 +81,6 @@ def memory_queue_enqueue_ref(
     return storage, write_ptr, count
 
 
-def _configs() -> list[triton.Config]:
-    if os.environ.get("TRITON_INTERPRET") == "1" or os.environ.get("SEGADAPT_AUTOTUNE") == "0":
-        return [triton.Config({"BLOCK_M": 16}, num_warps=4)]
-    return [triton.Config({"BLOCK_M": block}, num_warps=warps) for block, warps in ((16, 4), (32, 4), (64, 8))]
-
-
-# Re-running the kernel writes the same values to the same slots (the write pointers move only afterwards), so
-# autotuning's repeated launches are harmless.
-@triton.autotune(configs=_configs(), key=["dim"])
 @triton.jit
 def _memory_queue_enqueue_kernel(
     features_ptr,
@@ -126,6 +117,12 @@ def _memory_queue_enqueue_kernel(
     mask = keep[:, None] & (cols[None, :] < dim)
     values = tl.load(features_ptr + rows[:, None] * stride_features_m + cols[None, :] * stride_features_d, mask=mask)
     tl.store(storage_ptr + slot[:, None] * stride_storage_m + cols[None, :], values, mask=mask)
+
+
+# Re-running the kernel writes the same values to the same slots (the write pointers move only afterwards), so
+# autotuning's repeated launches are harmless.
+_CONFIGS = [triton.Config({"BLOCK_M": block}, num_warps=warps) for block, warps in ((16, 4), (32, 4), (64, 8))]
+_ENQUEUE = tuned(_memory_queue_enqueue_kernel, _CONFIGS, triton.Config({"BLOCK_M": 16}, num_warps=4), ["dim"])
 
 
 def _check_enqueue(storage: Tensor, offsets: Tensor, features: Tensor, classes: Tensor) -> None:
@@ -170,9 +167,10 @@ def _memory_queue_enqueue(
     rank = torch.empty_like(key).scatter_(0, order, rows - start[key[order]])
     block_d = min(triton.next_power_of_2(dim), 128)
     grid = lambda meta: (triton.cdiv(num_rows, meta["BLOCK_M"]), triton.cdiv(dim, block_d))
-    _memory_queue_enqueue_kernel[grid](
-        features.detach(), key, rank, batch_count, offsets, lengths, write_ptr, storage, num_rows, dim,
-        features.stride(0), features.stride(1), storage.stride(0), NUM_CLASSES=num_classes, BLOCK_D=block_d,
+    launch(
+        _ENQUEUE, grid, features.detach(), key, rank, batch_count, offsets, lengths, write_ptr, storage, num_rows,
+        dim, features.stride(0), features.stride(1), storage.stride(0), NUM_CLASSES=num_classes, BLOCK_D=block_d,
+        work=num_rows,
     )  # fmt: skip
     write_ptr.copy_((write_ptr + batch_count[:num_classes]) % lengths)
     count.copy_(torch.minimum(count + batch_count[:num_classes], lengths))

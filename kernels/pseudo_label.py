@@ -19,19 +19,25 @@ one_hot/permute copy: several full-size reads and writes.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
 from segadapt.kernels._dispatch import use_triton
+from segadapt.kernels._launch import FLOAT_DTYPES
+from segadapt.kernels._launch import check_logits
+from segadapt.kernels._launch import check_pixel_map
+from segadapt.kernels._launch import launch
+from segadapt.kernels._launch import map_strides
+from segadapt.kernels._launch import online_lse_update
+from segadapt.kernels._launch import pixel_stride
+from segadapt.kernels._launch import pixel_tile
+from segadapt.kernels._launch import tuned
 
 __all__ = ["one_hot_labels", "one_hot_labels_ref", "pseudo_label", "pseudo_label_ref"]
 
 IGNORE_LABEL = 255
-_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _MEMORY_FORMATS = (torch.contiguous_format, torch.channels_last)
 
 
@@ -69,20 +75,14 @@ def pseudo_label_ref(
     return label, conf, encoded
 
 
-def _configs() -> list[triton.Config]:
-    if os.environ.get("TRITON_INTERPRET") == "1" or os.environ.get("SEGADAPT_AUTOTUNE") == "0":
-        return [triton.Config({"BLOCK_P": 64}, num_warps=4)]
-    return [triton.Config({"BLOCK_P": block}, num_warps=warps) for block, warps in ((64, 2), (128, 4), (256, 8))]
-
-
 @triton.jit
-def _store_one_hot(one_hot_ptr, label, n, offs_c, offs_p, mask_p, stride_n, stride_c, stride_p, C: tl.constexpr):
-    values = (label[None, :] == offs_c[:, None]).to(tl.float32)
-    ptrs = one_hot_ptr + n * stride_n + offs_c[:, None] * stride_c + offs_p[None, :] * stride_p
-    tl.store(ptrs, values, mask=(offs_c[:, None] < C) & mask_p[None, :])
+def _store_one_hot(one_hot_ptr, label, n, offs_p, mask_p, stride_n, stride_c, stride_p, C: tl.constexpr):
+    """One class plane at a time, one pixel per lane: NCHW stores coalesce, channels-last ones fill lines in L2."""
+    ptrs = one_hot_ptr + n * stride_n + offs_p.to(tl.int64) * stride_p
+    for c in tl.static_range(C):
+        tl.store(ptrs + c * stride_c, tl.where(label == c, 1.0, 0.0), mask=mask_p)
 
 
-@triton.autotune(configs=_configs(), key=["C"])
 @triton.jit
 def _pseudo_label_fwd_kernel(
     logits_ptr,
@@ -104,46 +104,42 @@ def _pseudo_label_fwd_kernel(
     stride_one_hot_c,
     stride_one_hot_p,
     C: tl.constexpr,
-    BLOCK_C: tl.constexpr,
     HAS_SCORE: tl.constexpr,
     HAS_THRESHOLD: tl.constexpr,
     HAS_IGNORE: tl.constexpr,
     ONE_HOT: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    n = tl.cast(tl.program_id(1), tl.int64)
-    offs_p = tl.cast(tl.program_id(0), tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_c = tl.arange(0, BLOCK_C)
-    mask_p = offs_p < num_pixels
-    mask_c = offs_c[:, None] < C
-    ptrs = logits_ptr + n * stride_n + offs_c[:, None] * stride_c + offs_p[None, :] * stride_p
-    x = tl.load(ptrs, mask=mask_c & mask_p[None, :], other=0.0).to(tl.float32)
-    # Padded classes get -inf so they never win; padded pixels keep finite zeros (NaN-free, never stored).
-    x = tl.where(mask_c, x, -float("inf"))
-    top = tl.max(x, axis=0)
-    label = tl.argmax(x, axis=0, tie_break_left=True).to(tl.int64)
-    conf = 1.0 / tl.sum(tl.where(mask_c, tl.exp(x - top[None, :]), 0.0), axis=0)
+    # One pixel per lane, classes in a loop (online max / sum of exp, started from class 0: no -inf anywhere).
+    n, offs_p, mask_p = pixel_tile(num_pixels, BLOCK_P)
+    ptrs = logits_ptr + n * stride_n + offs_p.to(tl.int64) * stride_p
+    top = tl.load(ptrs, mask=mask_p, other=0.0).to(tl.float32)
+    total = tl.full([BLOCK_P], 1.0, tl.float32)
+    label = tl.zeros([BLOCK_P], tl.int64)
+    for c in tl.static_range(1, C):
+        x = tl.load(ptrs + c * stride_c, mask=mask_p, other=0.0).to(tl.float32)
+        # Strictly greater: the first index wins ties, as torch.argmax.
+        label = tl.where(x > top, c, label)
+        top, total = online_lse_update(top, total, x)
+    conf = 1.0 / total
     drop = tl.zeros([BLOCK_P], dtype=tl.int1)
     if HAS_THRESHOLD:
         if HAS_SCORE:
-            score_ptrs = score_ptr + n * stride_score_n + offs_p * stride_score_p
+            score_ptrs = score_ptr + n * stride_score_n + offs_p.to(tl.int64) * stride_score_p
             score = tl.load(score_ptrs, mask=mask_p, other=0.0).to(tl.float32)
         else:
             score = conf
         drop = drop | (score < threshold)
     if HAS_IGNORE:
-        ignored = tl.load(ignore_ptr + n * stride_ignore_n + offs_p * stride_ignore_p, mask=mask_p, other=0)
+        ignored = tl.load(ignore_ptr + n * stride_ignore_n + offs_p.to(tl.int64) * stride_ignore_p, mask=mask_p, other=0)
         drop = drop | (ignored != 0)
     label = tl.where(drop, 255, label)
     tl.store(label_ptr + n * num_pixels + offs_p, label, mask=mask_p)
     tl.store(conf_ptr + n * num_pixels + offs_p, conf, mask=mask_p)
     if ONE_HOT:
-        _store_one_hot(
-            one_hot_ptr, label, n, offs_c, offs_p, mask_p, stride_one_hot_n, stride_one_hot_c, stride_one_hot_p, C
-        )
+        _store_one_hot(one_hot_ptr, label, n, offs_p, mask_p, stride_one_hot_n, stride_one_hot_c, stride_one_hot_p, C)
 
 
-@triton.autotune(configs=_configs(), key=["C"])
 @triton.jit
 def _one_hot_fwd_kernel(
     label_ptr,
@@ -155,14 +151,21 @@ def _one_hot_fwd_kernel(
     stride_c,
     stride_p,
     C: tl.constexpr,
-    BLOCK_C: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    n = tl.cast(tl.program_id(1), tl.int64)
-    offs_p = tl.cast(tl.program_id(0), tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
-    mask_p = offs_p < num_pixels
-    label = tl.load(label_ptr + n * stride_label_n + offs_p * stride_label_p, mask=mask_p, other=-1)
-    _store_one_hot(one_hot_ptr, label, n, tl.arange(0, BLOCK_C), offs_p, mask_p, stride_n, stride_c, stride_p, C)
+    n, offs_p, mask_p = pixel_tile(num_pixels, BLOCK_P)
+    label = tl.load(label_ptr + n * stride_label_n + offs_p.to(tl.int64) * stride_label_p, mask=mask_p, other=-1)
+    _store_one_hot(one_hot_ptr, label, n, offs_p, mask_p, stride_n, stride_c, stride_p, C)
+
+
+_CONFIGS = [triton.Config({"BLOCK_P": block}, num_warps=warps) for block, warps in ((128, 4), (256, 8), (512, 8))]
+_FIXED_CONFIG = triton.Config({"BLOCK_P": 512}, num_warps=8)
+_PSEUDO_LABEL = tuned(_pseudo_label_fwd_kernel, _CONFIGS, _FIXED_CONFIG, ["C"])
+_ONE_HOT = tuned(_one_hot_fwd_kernel, _CONFIGS, _FIXED_CONFIG, ["C"])
+
+
+def _grid(batch: int, num_pixels: int):
+    return lambda meta: (triton.cdiv(num_pixels, meta["BLOCK_P"]), batch)
 
 
 def _check_options(confidence_mask: Tensor | None, threshold: float | None, memory_format: torch.memory_format) -> None:
@@ -174,44 +177,13 @@ def _check_options(confidence_mask: Tensor | None, threshold: float | None, memo
         raise ValueError(f"memory_format: expected torch.contiguous_format or torch.channels_last, got {memory_format}")
 
 
-def _check_pixel_map(name: str, tensor: Tensor, shape: tuple[int, ...], device: torch.device, dtypes: tuple) -> None:
-    if not isinstance(tensor, Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
-    if tensor.dtype not in dtypes:
-        raise TypeError(f"{name}: expected dtype in {[str(d) for d in dtypes]}, got {tensor.dtype}")
-    if tuple(tensor.shape) != shape:
-        raise ValueError(f"{name}: expected shape {shape} (N, H, W), got {tuple(tensor.shape)}")
-    if tensor.device != device:
-        raise ValueError(f"{name}: expected device {device}, got {tensor.device}")
-    if tensor.stride(1) != tensor.shape[2] * tensor.stride(2):
-        raise ValueError(f"{name}: H and W must merge into one pixel index, got strides {tensor.stride()}")
-
-
-def _check_logits(logits: Tensor) -> None:
-    if not isinstance(logits, Tensor):
-        raise TypeError(f"logits: expected a torch.Tensor, got {type(logits).__name__}")
-    if logits.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"logits: expected float32/bfloat16/float16, got {logits.dtype}")
-    if logits.dim() != 4:
-        raise ValueError(f"logits: expected rank 4 (N, C, H, W), got shape {tuple(logits.shape)}")
-    if logits.stride(2) != logits.shape[3] * logits.stride(3):
-        raise ValueError(
-            f"logits: H and W must merge into one pixel index (stride(2) == W * stride(3)), as in NCHW-contiguous "
-            f"or channels-last layouts; got strides {logits.stride()}"
-        )
-
-
 def _check_inputs(logits: Tensor, confidence_mask: Tensor | None, ignore: Tensor | None) -> None:
-    _check_logits(logits)
+    check_logits(logits)
     shape = (logits.shape[0], logits.shape[2], logits.shape[3])
     if confidence_mask is not None:
-        _check_pixel_map("confidence_mask", confidence_mask, shape, logits.device, _FLOAT_DTYPES + (torch.float64,))
+        check_pixel_map("confidence_mask", confidence_mask, shape, logits.device, FLOAT_DTYPES + (torch.float64,))
     if ignore is not None:
-        _check_pixel_map("ignore", ignore, shape, logits.device, (torch.bool,))
-
-
-def _pixel_strides(tensor: Tensor | None) -> tuple[int, int]:
-    return (0, 0) if tensor is None else (tensor.stride(0), tensor.stride(2))
+        check_pixel_map("ignore", ignore, shape, logits.device, (torch.bool,))
 
 
 def _pseudo_label_fwd(
@@ -229,17 +201,17 @@ def _pseudo_label_fwd(
     conf = torch.empty((batch, height, width), dtype=torch.float32, device=logits.device)
     encoded = torch.empty_like(logits, dtype=torch.float32, memory_format=memory_format) if one_hot else None
     one_hot_strides = (encoded.stride(0), encoded.stride(1), encoded.stride(3)) if one_hot else (0, 0, 0)
-    grid = lambda meta: (triton.cdiv(height * width, meta["BLOCK_P"]), batch)
-    _pseudo_label_fwd_kernel[grid](
+    launch(
+        _PSEUDO_LABEL, _grid(batch, height * width),
         logits,
         conf if confidence_mask is None else confidence_mask,  # unused placeholders keep the pointer list fixed
         conf if ignore is None else ignore.view(torch.uint8),
         label, conf, conf if encoded is None else encoded,
         0.0 if threshold is None else float(threshold),
-        height * width, logits.stride(0), logits.stride(1), logits.stride(3),
-        *_pixel_strides(confidence_mask), *_pixel_strides(ignore), *one_hot_strides,
-        C=channels, BLOCK_C=triton.next_power_of_2(channels), HAS_SCORE=confidence_mask is not None,
-        HAS_THRESHOLD=threshold is not None, HAS_IGNORE=ignore is not None, ONE_HOT=one_hot,
+        height * width, logits.stride(0), logits.stride(1), pixel_stride(logits, "logits"),
+        *map_strides(confidence_mask), *map_strides(ignore), *one_hot_strides,
+        C=channels, HAS_SCORE=confidence_mask is not None, HAS_THRESHOLD=threshold is not None,
+        HAS_IGNORE=ignore is not None, ONE_HOT=one_hot, work=batch * height * width,
     )  # fmt: skip
     return label, conf, encoded
 
@@ -296,11 +268,10 @@ def _one_hot_labels_fwd(label: Tensor, num_classes: int, memory_format: torch.me
     encoded = torch.empty(
         (batch, num_classes, height, width), dtype=torch.float32, device=label.device, memory_format=memory_format
     )
-    grid = lambda meta: (triton.cdiv(height * width, meta["BLOCK_P"]), batch)
-    _one_hot_fwd_kernel[grid](
-        label, encoded, height * width, label.stride(0), label.stride(2),
-        encoded.stride(0), encoded.stride(1), encoded.stride(3),
-        C=num_classes, BLOCK_C=triton.next_power_of_2(num_classes),
+    launch(
+        _ONE_HOT, _grid(batch, height * width), label, encoded, height * width, label.stride(0), label.stride(2),
+        encoded.stride(0), encoded.stride(1), pixel_stride(encoded, "one_hot"), C=num_classes,
+        work=batch * height * width,
     )  # fmt: skip
     return encoded
 

@@ -28,13 +28,16 @@ import triton.language as tl
 from torch import Tensor
 
 from segadapt.kernels._dispatch import use_triton
-from segadapt.kernels.upsample_cross_entropy import _bilinear_source_index
-from segadapt.kernels.upsample_cross_entropy import autotune_enabled
-from segadapt.kernels.upsample_cross_entropy import bilinear_scale
-from segadapt.kernels.upsample_cross_entropy import pixel_stride
+from segadapt.kernels._launch import FLOAT_DTYPES
+from segadapt.kernels._launch import bilinear_footprint
+from segadapt.kernels._launch import bilinear_gather
+from segadapt.kernels._launch import bilinear_scale
+from segadapt.kernels._launch import launch
+from segadapt.kernels._launch import pixel_stride
+from segadapt.kernels._launch import pixel_tile
+from segadapt.kernels._launch import tuned
 
 _LOSSES = ("bce", "mse")
-_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _TARGET_DTYPES = (torch.uint8, torch.int64, torch.float32)
 IGNORE = 255
 
@@ -107,20 +110,8 @@ def _upsampled_logit_and_target(
     TARGET_IS_TENSOR: tl.constexpr,
 ):
     """Upsampled logit, target, validity and the 4 source offsets/weights of each output pixel."""
-    out_row = offs_p // out_w
-    out_col = offs_p % out_w
-    h0, h1, lh0, lh1 = _bilinear_source_index(out_row, scale_h, in_h, ALIGN_CORNERS)
-    w0, w1, lw0, lw1 = _bilinear_source_index(out_col, scale_w, in_w, ALIGN_CORNERS)
-    pix00 = (h0 * in_w + w0).to(tl.int64)
-    pix01 = (h0 * in_w + w1).to(tl.int64)
-    pix10 = (h1 * in_w + w0).to(tl.int64)
-    pix11 = (h1 * in_w + w1).to(tl.int64)
-    base = logits_ptr + n * stride_n
-    x00 = tl.load(base + pix00 * stride_p, mask=mask_p, other=0.0).to(tl.float32)
-    x01 = tl.load(base + pix01 * stride_p, mask=mask_p, other=0.0).to(tl.float32)
-    x10 = tl.load(base + pix10 * stride_p, mask=mask_p, other=0.0).to(tl.float32)
-    x11 = tl.load(base + pix11 * stride_p, mask=mask_p, other=0.0).to(tl.float32)
-    z = lh0 * (lw0 * x00 + lw1 * x01) + lh1 * (lw0 * x10 + lw1 * x11)
+    out_row, out_col, pixels, lam = bilinear_footprint(offs_p, out_w, in_h, in_w, scale_h, scale_w, ALIGN_CORNERS)
+    z = bilinear_gather(logits_ptr + n * stride_n, pixels, lam, stride_p, mask_p)
     if TARGET_IS_TENSOR:
         offs = n * stride_target_n + out_row.to(tl.int64) * stride_target_h + out_col.to(tl.int64) * stride_target_w
         target = tl.load(target_ptr + offs, mask=mask_p, other=255).to(tl.float32)
@@ -129,8 +120,8 @@ def _upsampled_logit_and_target(
     else:
         target = tl.zeros_like(z) + target_value
         valid = mask_p
-    weights = (lh0 * lw0, lh0 * lw1, lh1 * lw0, lh1 * lw1)
-    return z, target, valid, (pix00, pix01, pix10, pix11), weights
+    weights = (lam[0] * lam[2], lam[0] * lam[3], lam[1] * lam[2], lam[1] * lam[3])
+    return z, target, valid, pixels, weights
 
 
 @triton.jit
@@ -158,10 +149,7 @@ def _upsample_bce_fwd_kernel(
     STORE_SIGMOID: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    tile = tl.program_id(0)
-    n = tl.program_id(1).to(tl.int64)  # int64: N*H*W offsets can pass 2^31
-    offs_p = tile * BLOCK_P + tl.arange(0, BLOCK_P)
-    mask_p = offs_p < out_h * out_w
+    n, offs_p, mask_p = pixel_tile(out_h * out_w, BLOCK_P)
     z, target, valid, _, _ = _upsampled_logit_and_target(
         logits_ptr, target_ptr, n, offs_p, mask_p, stride_n, stride_p, stride_target_n, stride_target_h,
         stride_target_w, in_h, in_w, out_w, scale_h, scale_w, target_value, ALIGN_CORNERS, TARGET_IS_TENSOR,
@@ -174,7 +162,7 @@ def _upsample_bce_fwd_kernel(
     if STORE_SIGMOID:
         tl.store(sigmoid_ptr + n * out_h * out_w + offs_p, 1.0 / (1.0 + tl.exp(-z)), mask=mask_p)
     # Per-program partials, reduced on device afterwards: deterministic.
-    partial = n * tl.num_programs(0) + tile
+    partial = n * tl.num_programs(0) + tl.program_id(0)
     tl.store(loss_partial_ptr + partial, tl.sum(loss, axis=0))
     tl.store(count_partial_ptr + partial, tl.sum(valid.to(tl.int32), axis=0))
 
@@ -204,10 +192,7 @@ def _upsample_bce_bwd_kernel(
     LOSS_MSE: tl.constexpr,
     BLOCK_P: tl.constexpr,
 ):
-    tile = tl.program_id(0)
-    n = tl.program_id(1).to(tl.int64)
-    offs_p = tile * BLOCK_P + tl.arange(0, BLOCK_P)
-    mask_p = offs_p < out_h * out_w
+    n, offs_p, mask_p = pixel_tile(out_h * out_w, BLOCK_P)
     z, target, valid, pixels, weights = _upsampled_logit_and_target(
         logits_ptr, target_ptr, n, offs_p, mask_p, stride_n, stride_p, stride_target_n, stride_target_h,
         stride_target_w, in_h, in_w, out_w, scale_h, scale_w, target_value, ALIGN_CORNERS, TARGET_IS_TENSOR,
@@ -219,23 +204,21 @@ def _upsample_bce_bwd_kernel(
     # grad_scale = d(loss)/d(loss_sum): the upstream gradient over the valid count.
     grad_z = tl.where(valid, grad_z * tl.load(grad_scale_ptr), 0.0)
     grad_base = grad_ptr + n * stride_grad_n
-    # Neighbouring output pixels share source pixels, hence atomics.
-    tl.atomic_add(grad_base + pixels[0] * stride_grad_p, grad_z * weights[0], mask=valid)
-    tl.atomic_add(grad_base + pixels[1] * stride_grad_p, grad_z * weights[1], mask=valid)
-    tl.atomic_add(grad_base + pixels[2] * stride_grad_p, grad_z * weights[2], mask=valid)
-    tl.atomic_add(grad_base + pixels[3] * stride_grad_p, grad_z * weights[3], mask=valid)
+    # Neighbouring output pixels share source pixels, hence atomics; relaxed, as nothing is ordered against them
+    # (the default acq_rel fences and invalidates L1 around each one).
+    tl.atomic_add(grad_base + pixels[0] * stride_grad_p, grad_z * weights[0], mask=valid, sem="relaxed")
+    tl.atomic_add(grad_base + pixels[1] * stride_grad_p, grad_z * weights[1], mask=valid, sem="relaxed")
+    tl.atomic_add(grad_base + pixels[2] * stride_grad_p, grad_z * weights[2], mask=valid, sem="relaxed")
+    tl.atomic_add(grad_base + pixels[3] * stride_grad_p, grad_z * weights[3], mask=valid, sem="relaxed")
 
 
-_CONFIGS = [triton.Config({"BLOCK_P": block_p}, num_warps=warps) for block_p in (256, 512, 1024) for warps in (4, 8)]
-_FIXED_CONFIG = {"BLOCK_P": 1024, "num_warps": 4}
+# One pixel per lane at 256 x 8 warps, 2 or 4 per lane above: the per-pixel work is a few instructions.
+_CONFIGS = [triton.Config({"BLOCK_P": block_p}, num_warps=warps) for block_p, warps in ((256, 8), (512, 4), (1024, 4))]
+_FIXED_CONFIG = triton.Config({"BLOCK_P": 1024}, num_warps=4)
 # Partial slots depend on BLOCK_P: zero them between autotune trials so no config's leftovers are summed.
-_fwd_kernel_tuned = triton.autotune(
-    _CONFIGS, key=["out_w", "TARGET_IS_TENSOR"], reset_to_zero=["loss_partial_ptr", "count_partial_ptr"]
-)(_upsample_bce_fwd_kernel)
-# reset_to_zero: autotuning replays the kernel, and every replay would add into the same gradient accumulator.
-_bwd_kernel_tuned = triton.autotune(_CONFIGS, key=["out_w", "TARGET_IS_TENSOR"], reset_to_zero=["grad_ptr"])(
-    _upsample_bce_bwd_kernel
-)
+_FWD = tuned(_upsample_bce_fwd_kernel, _CONFIGS, _FIXED_CONFIG, ["out_w", "TARGET_IS_TENSOR"],
+             ["loss_partial_ptr", "count_partial_ptr"])  # fmt: skip
+_BWD = tuned(_upsample_bce_bwd_kernel, _CONFIGS, _FIXED_CONFIG, ["out_w", "TARGET_IS_TENSOR"], ["grad_ptr"])
 
 
 # ------------------------------------------------------------------------------------------------- launchers
@@ -244,7 +227,7 @@ def _check_inputs(d_logits: Tensor, size, target: Tensor | None, loss: str) -> N
         raise TypeError(f"d_logits: expected a tensor, got {type(d_logits).__name__}")
     if d_logits.dim() != 4 or d_logits.shape[1] != 1:
         raise ValueError(f"d_logits: expected shape (N, 1, h, w), got {tuple(d_logits.shape)}")
-    if d_logits.dtype not in _FLOAT_DTYPES:
+    if d_logits.dtype not in FLOAT_DTYPES:
         raise ValueError(f"d_logits: expected dtype float32/bfloat16/float16, got {d_logits.dtype}")
     if len(size) != 2 or not all(isinstance(extent, int) and extent > 0 for extent in size):
         raise ValueError(f"size: expected (H, W) positive ints, got {size!r}")
@@ -282,12 +265,9 @@ def _geometry(d_logits: Tensor, size, target: Tensor | None, target_value: float
     }
 
 
-def _launch(kernel, tuned, args: tuple, geometry: dict, batch: int, num_pixels: int) -> None:
-    if autotune_enabled():
-        tuned[lambda meta: (triton.cdiv(num_pixels, meta["BLOCK_P"]), batch)](*args, **geometry)
-    else:
-        grid = (triton.cdiv(num_pixels, _FIXED_CONFIG["BLOCK_P"]), batch)
-        kernel[grid](*args, **geometry, **_FIXED_CONFIG)
+def _launch(kernel, args: tuple, geometry: dict, batch: int, num_pixels: int) -> None:
+    grid = lambda meta: (triton.cdiv(num_pixels, meta["BLOCK_P"]), batch)
+    launch(kernel, grid, *args, **geometry, work=batch * num_pixels)
 
 
 def _upsample_bce_fwd(
@@ -312,7 +292,7 @@ def _upsample_bce_fwd(
     target_arg = target if target is not None else loss_partial  # never read when TARGET_IS_TENSOR is False
     args = (d_logits, target_arg, sigmoid, loss_partial, count_partial, d_logits.stride(0))
     args += (pixel_stride(d_logits, "d_logits"),)
-    _launch(_upsample_bce_fwd_kernel, _fwd_kernel_tuned, args, geometry, batch, num_pixels)
+    _launch(_FWD, args, geometry, batch, num_pixels)
     count = count_partial.sum(dtype=torch.int64).float()
     return loss_partial.sum() / count.clamp_min(1), sigmoid, count
 
@@ -332,7 +312,7 @@ def _upsample_bce_bwd(
     target_arg = target if target is not None else grad  # never read when TARGET_IS_TENSOR is False
     args = (d_logits, target_arg, grad_scale, grad, d_logits.stride(0), pixel_stride(d_logits, "d_logits"))
     args += (grad.stride(0), pixel_stride(grad, "grad"))
-    _launch(_upsample_bce_bwd_kernel, _bwd_kernel_tuned, args, geometry, d_logits.shape[0], size[0] * size[1])
+    _launch(_BWD, args, geometry, d_logits.shape[0], size[0] * size[1])
     return grad.to(d_logits.dtype)
 
 

@@ -26,20 +26,25 @@ sync); they contribute logsumexp(z) to the loss instead of raising.
 
 from __future__ import annotations
 
-import os
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from segadapt.kernels._dispatch import interpreting
 from segadapt.kernels._dispatch import use_triton
+from segadapt.kernels._launch import FLOAT_DTYPES
+from segadapt.kernels._launch import autotune_enabled  # noqa: F401  (re-exported: bench and older callers)
+from segadapt.kernels._launch import bilinear_footprint
+from segadapt.kernels._launch import bilinear_gather
+from segadapt.kernels._launch import bilinear_scale
+from segadapt.kernels._launch import launch
+from segadapt.kernels._launch import online_lse_update
+from segadapt.kernels._launch import pixel_stride
+from segadapt.kernels._launch import pixel_tile
+from segadapt.kernels._launch import tuned
 
 _REDUCTIONS = ("mean", "sum")
-_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 # ------------------------------------------------------------------------------------------------- reference
@@ -79,22 +84,6 @@ def upsample_cross_entropy_ref(
 
 # --------------------------------------------------------------------------------------------------- kernels
 @triton.jit
-def _bilinear_source_index(dst, scale, in_size, ALIGN_CORNERS: tl.constexpr):
-    """Lower/upper source index and their weights for output coordinates `dst`, as upsample_bilinear2d does."""
-    dst_f = dst.to(tl.float32)
-    if ALIGN_CORNERS:
-        src = scale * dst_f
-    else:
-        # PyTorch clamps negative source coordinates to 0 for linear modes (area_pixel_compute_source_index).
-        src = tl.maximum(scale * (dst_f + 0.5) - 0.5, 0.0)
-    # src >= 0, so truncation is floor.
-    index0 = tl.minimum(src.to(tl.int32), in_size - 1)
-    lambda1 = tl.minimum(tl.maximum(src - index0.to(tl.float32), 0.0), 1.0)
-    index1 = tl.where(index0 < in_size - 1, index0 + 1, index0)
-    return index0, index1, 1.0 - lambda1, lambda1
-
-
-@triton.jit
 def _upsample_cross_entropy_fwd_kernel(
     logits_ptr,
     labels_ptr,
@@ -118,56 +107,29 @@ def _upsample_cross_entropy_fwd_kernel(
     ALIGN_CORNERS: tl.constexpr,
     STORE_LSE: tl.constexpr,
     BLOCK_P: tl.constexpr,
-    BLOCK_C: tl.constexpr,
 ):
-    tile = tl.program_id(0)
-    # int64 batch index: N*H*W and N*C*h*w offsets can pass 2^31 for large batches.
-    n = tl.program_id(1).to(tl.int64)
-    offs_p = tile * BLOCK_P + tl.arange(0, BLOCK_P)
-    mask_p = offs_p < out_h * out_w
-    out_row = offs_p // out_w
-    out_col = offs_p % out_w
-    h0, h1, lh0, lh1 = _bilinear_source_index(out_row, scale_h, in_h, ALIGN_CORNERS)
-    w0, w1, lw0, lw1 = _bilinear_source_index(out_col, scale_w, in_w, ALIGN_CORNERS)
+    # One output pixel per lane and the classes in a loop: every per-pixel instruction runs once, not once per lane.
+    n, offs_p, mask_p = pixel_tile(out_h * out_w, BLOCK_P)
+    out_row, out_col, pixels, lam = bilinear_footprint(offs_p, out_w, in_h, in_w, scale_h, scale_w, ALIGN_CORNERS)
     label_offs = n * stride_label_n + out_row.to(tl.int64) * stride_label_h + out_col.to(tl.int64) * stride_label_w
     label = tl.load(labels_ptr + label_offs, mask=mask_p, other=ignore_index)
     valid = mask_p & (label != ignore_index)
 
     base = logits_ptr + n * stride_n
-    off00 = (h0 * in_w + w0).to(tl.int64)[:, None] * stride_p
-    off01 = (h0 * in_w + w1).to(tl.int64)[:, None] * stride_p
-    off10 = (h1 * in_w + w0).to(tl.int64)[:, None] * stride_p
-    off11 = (h1 * in_w + w1).to(tl.int64)[:, None] * stride_p
-    lh0 = lh0[:, None]
-    lh1 = lh1[:, None]
-    lw0 = lw0[:, None]
-    lw1 = lw1[:, None]
-
-    # Online log-sum-exp over class blocks: one pass over the logits whatever C is.
-    running_max = tl.full([BLOCK_P], float("-inf"), tl.float32)
-    running_sum = tl.zeros([BLOCK_P], tl.float32)
-    label_logit = tl.zeros([BLOCK_P], tl.float32)
-    for c_start in range(0, C, BLOCK_C):
-        offs_c = c_start + tl.arange(0, BLOCK_C)
-        mask_c = offs_c < C
-        off_c = offs_c.to(tl.int64)[None, :] * stride_c
-        mask = mask_p[:, None] & mask_c[None, :]
-        x00 = tl.load(base + off00 + off_c, mask=mask, other=0.0).to(tl.float32)
-        x01 = tl.load(base + off01 + off_c, mask=mask, other=0.0).to(tl.float32)
-        x10 = tl.load(base + off10 + off_c, mask=mask, other=0.0).to(tl.float32)
-        x11 = tl.load(base + off11 + off_c, mask=mask, other=0.0).to(tl.float32)
-        z = lh0 * (lw0 * x00 + lw1 * x01) + lh1 * (lw0 * x10 + lw1 * x11)
-        z = tl.where(mask_c[None, :], z, float("-inf"))
-        new_max = tl.maximum(running_max, tl.max(z, axis=1))
-        running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(z - new_max[:, None]), axis=1)
-        running_max = new_max
-        label_logit += tl.sum(tl.where(offs_c[None, :] == label[:, None], z, 0.0), axis=1)
+    # Online log-sum-exp over the classes, started from class 0 so no -inf ever enters the arithmetic.
+    running_max = bilinear_gather(base, pixels, lam, stride_p, mask_p)
+    running_sum = tl.full([BLOCK_P], 1.0, tl.float32)
+    label_logit = tl.where(label == 0, running_max, 0.0)
+    for c in tl.static_range(1, C):
+        z = bilinear_gather(base + c * stride_c, pixels, lam, stride_p, mask_p)
+        running_max, running_sum = online_lse_update(running_max, running_sum, z)
+        label_logit = tl.where(label == c, z, label_logit)
     lse = running_max + tl.log(running_sum)
     loss = tl.where(valid, lse - label_logit, 0.0)
     if STORE_LSE:
         tl.store(lse_ptr + n * out_h * out_w + offs_p, lse, mask=mask_p)
     # Per-program partials reduced on device afterwards: deterministic, no atomics on a single scalar.
-    partial = n * tl.num_programs(0) + tile
+    partial = n * tl.num_programs(0) + tl.program_id(0)
     tl.store(loss_partial_ptr + partial, tl.sum(loss, axis=0))
     tl.store(count_partial_ptr + partial, tl.sum(valid.to(tl.int32), axis=0))
 
@@ -198,103 +160,50 @@ def _upsample_cross_entropy_bwd_kernel(
     C: tl.constexpr,
     ALIGN_CORNERS: tl.constexpr,
     BLOCK_P: tl.constexpr,
-    BLOCK_C: tl.constexpr,
 ):
-    tile = tl.program_id(0)
-    n = tl.program_id(1).to(tl.int64)
-    offs_p = tile * BLOCK_P + tl.arange(0, BLOCK_P)
-    mask_p = offs_p < out_h * out_w
-    out_row = offs_p // out_w
-    out_col = offs_p % out_w
-    h0, h1, lh0, lh1 = _bilinear_source_index(out_row, scale_h, in_h, ALIGN_CORNERS)
-    w0, w1, lw0, lw1 = _bilinear_source_index(out_col, scale_w, in_w, ALIGN_CORNERS)
+    n, offs_p, mask_p = pixel_tile(out_h * out_w, BLOCK_P)
+    out_row, out_col, pixels, lam = bilinear_footprint(offs_p, out_w, in_h, in_w, scale_h, scale_w, ALIGN_CORNERS)
     label_offs = n * stride_label_n + out_row.to(tl.int64) * stride_label_h + out_col.to(tl.int64) * stride_label_w
     label = tl.load(labels_ptr + label_offs, mask=mask_p, other=ignore_index)
     valid = mask_p & (label != ignore_index)
     lse = tl.load(lse_ptr + n * out_h * out_w + offs_p, mask=valid, other=0.0)
     # grad_scale = d(loss)/d(loss_sum): upstream gradient, divided by the valid count for "mean".
-    coef = tl.where(valid, tl.load(grad_scale_ptr), 0.0)[:, None]
-
+    coef = tl.where(valid, tl.load(grad_scale_ptr), 0.0)
+    weight00 = lam[0] * lam[2]
+    weight01 = lam[0] * lam[3]
+    weight10 = lam[1] * lam[2]
+    weight11 = lam[1] * lam[3]
     base = logits_ptr + n * stride_n
-    pix00 = (h0 * in_w + w0).to(tl.int64)[:, None]
-    pix01 = (h0 * in_w + w1).to(tl.int64)[:, None]
-    pix10 = (h1 * in_w + w0).to(tl.int64)[:, None]
-    pix11 = (h1 * in_w + w1).to(tl.int64)[:, None]
-    lh0 = lh0[:, None]
-    lh1 = lh1[:, None]
-    lw0 = lw0[:, None]
-    lw1 = lw1[:, None]
     grad_base = grad_ptr + n * stride_grad_n
-    for c_start in range(0, C, BLOCK_C):
-        offs_c = c_start + tl.arange(0, BLOCK_C)
-        mask_c = offs_c < C
-        off_c = offs_c.to(tl.int64)[None, :] * stride_c
-        mask = valid[:, None] & mask_c[None, :]
-        x00 = tl.load(base + pix00 * stride_p + off_c, mask=mask, other=0.0).to(tl.float32)
-        x01 = tl.load(base + pix01 * stride_p + off_c, mask=mask, other=0.0).to(tl.float32)
-        x10 = tl.load(base + pix10 * stride_p + off_c, mask=mask, other=0.0).to(tl.float32)
-        x11 = tl.load(base + pix11 * stride_p + off_c, mask=mask, other=0.0).to(tl.float32)
-        z = lh0 * (lw0 * x00 + lw1 * x01) + lh1 * (lw0 * x10 + lw1 * x11)
-        onehot = tl.where(offs_c[None, :] == label[:, None], 1.0, 0.0)
-        grad_z = (tl.exp(z - lse[:, None]) - onehot) * coef
-        grad_c = offs_c.to(tl.int64)[None, :] * stride_grad_c
-        # Scatter to the 4 source pixels; neighbouring output pixels share sources, hence atomics.
-        tl.atomic_add(grad_base + pix00 * stride_grad_p + grad_c, grad_z * (lh0 * lw0), mask=mask)
-        tl.atomic_add(grad_base + pix01 * stride_grad_p + grad_c, grad_z * (lh0 * lw1), mask=mask)
-        tl.atomic_add(grad_base + pix10 * stride_grad_p + grad_c, grad_z * (lh1 * lw0), mask=mask)
-        tl.atomic_add(grad_base + pix11 * stride_grad_p + grad_c, grad_z * (lh1 * lw1), mask=mask)
+    for c in tl.static_range(C):
+        z = bilinear_gather(base + c * stride_c, pixels, lam, stride_p, valid)
+        grad_z = (tl.exp(z - lse) - tl.where(label == c, 1.0, 0.0)) * coef
+        grad_c = grad_base + c * stride_grad_c
+        # Scatter to the 4 source pixels; neighbouring output pixels share sources, hence atomics. Relaxed: the
+        # default acq_rel puts a GPU-wide fence and an L1 invalidate around every one (MEMBAR + CCTL in SASS), and
+        # nothing here orders other memory against these adds.
+        tl.atomic_add(grad_c + pixels[0] * stride_grad_p, grad_z * weight00, mask=valid, sem="relaxed")
+        tl.atomic_add(grad_c + pixels[1] * stride_grad_p, grad_z * weight01, mask=valid, sem="relaxed")
+        tl.atomic_add(grad_c + pixels[2] * stride_grad_p, grad_z * weight10, mask=valid, sem="relaxed")
+        tl.atomic_add(grad_c + pixels[3] * stride_grad_p, grad_z * weight11, mask=valid, sem="relaxed")
 
 
-_CONFIGS = [triton.Config({"BLOCK_P": block_p}, num_warps=warps) for block_p in (64, 128, 256) for warps in (4, 8)]
-_FIXED_CONFIG = {"BLOCK_P": 256, "num_warps": 4}
+# One pixel per lane: BLOCK_P = 32 * num_warps * (pixels per lane).
+_CONFIGS = [triton.Config({"BLOCK_P": block_p}, num_warps=warps) for block_p, warps in ((128, 4), (256, 8), (512, 8))]
+_FIXED_CONFIG = triton.Config({"BLOCK_P": 512}, num_warps=8)
 # Partial slots depend on BLOCK_P: zero them between autotune trials so no config's leftovers are summed.
-_fwd_kernel_tuned = triton.autotune(
-    _CONFIGS, key=["C", "out_w"], reset_to_zero=["loss_partial_ptr", "count_partial_ptr"]
-)(_upsample_cross_entropy_fwd_kernel)
-# reset_to_zero: autotuning replays the kernel, and every replay would add into the same gradient accumulator.
-_bwd_kernel_tuned = triton.autotune(_CONFIGS, key=["C", "out_w"], reset_to_zero=["grad_ptr"])(
-    _upsample_cross_entropy_bwd_kernel
-)
+_FWD = tuned(_upsample_cross_entropy_fwd_kernel, _CONFIGS, _FIXED_CONFIG, ["C", "out_w"],
+             ["loss_partial_ptr", "count_partial_ptr"])  # fmt: skip
+_BWD = tuned(_upsample_cross_entropy_bwd_kernel, _CONFIGS, _FIXED_CONFIG, ["C", "out_w"], ["grad_ptr"])
 
 
 # ------------------------------------------------------------------------------------------------- launchers
-def autotune_enabled() -> bool:
-    """Autotuning is off under the interpreter (slow and meaningless) or with SEGADAPT_AUTOTUNE=0."""
-    return not interpreting() and os.environ.get("SEGADAPT_AUTOTUNE", "1") != "0"
-
-
-def bilinear_scale(in_size: int, out_size: int, align_corners: bool) -> float:
-    """`area_pixel_compute_scale` of upsample_bilinear2d, rounded to float32 the way PyTorch computes it."""
-    if align_corners:
-        if out_size <= 1:
-            return 0.0
-        return float(np.float32(in_size - 1) / np.float32(out_size - 1))
-    return float(np.float32(in_size) / np.float32(out_size))
-
-
-def pixel_stride(x: Tensor, name: str) -> int:
-    """Stride between consecutive pixels of a (N, C, H, W) tensor whose H and W merge into one index.
-
-    Raises:
-        ValueError: naming `name` when H and W do not merge (neither NCHW-contiguous nor channels-last).
-    """
-    height, width = x.shape[2], x.shape[3]
-    if height == 1 or width == 1:
-        return x.stride(2) if width == 1 else x.stride(3)
-    if x.stride(2) != width * x.stride(3):
-        raise ValueError(
-            f"{name}: strides {tuple(x.stride())} for shape {tuple(x.shape)} do not merge H and W into one pixel "
-            f"index (need stride(2) == shape[3] * stride(3)); expected an NCHW-contiguous or channels-last layout"
-        )
-    return x.stride(3)
-
-
 def _check_inputs(logits: Tensor, labels: Tensor, reduction: str) -> None:
     if not isinstance(logits, Tensor) or not isinstance(labels, Tensor):
         raise TypeError(f"logits and labels must be tensors, got {type(logits).__name__}, {type(labels).__name__}")
     if logits.dim() != 4:
         raise ValueError(f"logits: expected rank 4 (N, C, h, w), got shape {tuple(logits.shape)}")
-    if logits.dtype not in _FLOAT_DTYPES:
+    if logits.dtype not in FLOAT_DTYPES:
         raise ValueError(f"logits: expected dtype float32/bfloat16/float16, got {logits.dtype}")
     if labels.dim() != 3 or labels.shape[0] != logits.shape[0]:
         raise ValueError(f"labels: expected shape (N={logits.shape[0]}, H, W), got {tuple(labels.shape)}")
@@ -307,7 +216,7 @@ def _check_inputs(logits: Tensor, labels: Tensor, reduction: str) -> None:
     pixel_stride(logits, "logits")
 
 
-def _launch_geometry(logits: Tensor, labels: Tensor, align_corners: bool) -> dict:
+def _launch_geometry(logits: Tensor, labels: Tensor, align_corners: bool, ignore_index: int) -> dict:
     """Kernel arguments shared by forward and backward."""
     in_h, in_w = logits.shape[2], logits.shape[3]
     out_h, out_w = labels.shape[1], labels.shape[2]
@@ -321,18 +230,14 @@ def _launch_geometry(logits: Tensor, labels: Tensor, align_corners: bool) -> dic
         "out_w": out_w,
         "scale_h": bilinear_scale(in_h, out_h, align_corners),
         "scale_w": bilinear_scale(in_w, out_w, align_corners),
+        "ignore_index": ignore_index,
         "C": logits.shape[1],
         "ALIGN_CORNERS": align_corners,
-        "BLOCK_C": min(triton.next_power_of_2(logits.shape[1]), 32),
     }
 
 
-def _launch(kernel, tuned, args: tuple, geometry: dict, batch: int, num_pixels: int) -> None:
-    if autotune_enabled():
-        tuned[lambda meta: (triton.cdiv(num_pixels, meta["BLOCK_P"]), batch)](*args, **geometry)
-    else:
-        grid = (triton.cdiv(num_pixels, _FIXED_CONFIG["BLOCK_P"]), batch)
-        kernel[grid](*args, **geometry, **_FIXED_CONFIG)
+def _grid(batch: int, num_pixels: int):
+    return lambda meta: (triton.cdiv(num_pixels, meta["BLOCK_P"]), batch)
 
 
 def _upsample_cross_entropy_fwd(
@@ -346,11 +251,11 @@ def _upsample_cross_entropy_fwd(
     loss_partial = logits.new_zeros(num_partials, dtype=torch.float32)
     count_partial = logits.new_zeros(num_partials, dtype=torch.int32)
     lse = logits.new_empty(labels.shape if store_lse else (0,), dtype=torch.float32)
-    geometry = _launch_geometry(logits, labels, align_corners)
-    args = (logits, labels, lse, loss_partial, count_partial, logits.stride(0), logits.stride(1))
-    args += (pixel_stride(logits, "logits"),)
-    geometry.update(ignore_index=ignore_index, STORE_LSE=store_lse)
-    _launch(_upsample_cross_entropy_fwd_kernel, _fwd_kernel_tuned, args, geometry, batch, num_pixels)
+    launch(
+        _FWD, _grid(batch, num_pixels), logits, labels, lse, loss_partial, count_partial,
+        logits.stride(0), logits.stride(1), pixel_stride(logits, "logits"),
+        **_launch_geometry(logits, labels, align_corners, ignore_index), STORE_LSE=store_lse, work=batch * num_pixels,
+    )  # fmt: skip
     count = count_partial.sum(dtype=torch.int64).float()
     loss = loss_partial.sum()
     if reduction == "mean":
@@ -363,12 +268,13 @@ def _upsample_cross_entropy_bwd(
 ) -> Tensor:
     """Launch the backward kernel. `grad_scale` is a 0-d f32 d(loss)/d(loss_sum). Returns grad of logits."""
     grad = torch.zeros_like(logits, dtype=torch.float32)  # keeps logits' memory format
-    geometry = _launch_geometry(logits, labels, align_corners)
-    geometry["ignore_index"] = ignore_index
-    args = (logits, labels, lse, grad_scale, grad, logits.stride(0), logits.stride(1))
-    args += (pixel_stride(logits, "logits"), grad.stride(0), grad.stride(1), pixel_stride(grad, "grad"))
-    num_pixels = labels.shape[1] * labels.shape[2]
-    _launch(_upsample_cross_entropy_bwd_kernel, _bwd_kernel_tuned, args, geometry, labels.shape[0], num_pixels)
+    batch, num_pixels = labels.shape[0], labels.shape[1] * labels.shape[2]
+    launch(
+        _BWD, _grid(batch, num_pixels), logits, labels, lse, grad_scale, grad,
+        logits.stride(0), logits.stride(1), pixel_stride(logits, "logits"),
+        grad.stride(0), grad.stride(1), pixel_stride(grad, "grad"),
+        **_launch_geometry(logits, labels, align_corners, ignore_index), work=batch * num_pixels,
+    )  # fmt: skip
     return grad.to(logits.dtype)
 
 
