@@ -232,6 +232,8 @@ def test_paper_recipes_follow_the_official_schedule_and_switches(recipe):
     assert iterations == 98175
     assert cfg.schedule.total_steps == cfg.schedule.stop_step == iterations
     assert cfg.method.label_d_swapped_hw  # the official (PyTorch 0.2) y_D map
+    # eval_cityscapes.py:126-131: argmax at the input size, then PIL NEAREST to the label size (beside the standard)
+    assert (cfg.eval.protocol, cfg.eval.metric) == ("lsd_cityscapes", "nanmean")
     if recipe == "lsd_gta2cs":
         # segmentation_datasets.py:326-334 GTA5: w_new = 1280, h_new = int(w_new / float(w / h)) for 1914x1052
         assert list(cfg.data.source.resize) == [1280, int(1280 / (1914 / float(1052)))] == [1280, 703]
