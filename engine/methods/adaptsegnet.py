@@ -14,10 +14,10 @@ Segmenter SGD 2.5e-4 (heads 10x); discriminators Adam 1e-4 betas (0.9, 0.99); po
 | ASPP sums only its first two branches (return inside the loop)   | model.aspp_sum_first_two_only       |
 | D output BCE at 1/32 (the code; the paper upsamples it)          | method.d_upsample_output = false    |
 | `interp` upsampler with align_corners=True (PyTorch >= 0.4 copy) | method.align_corners                |
-| single-level: lambda_seg = lambda_adv_target1 = 0               | method.lambda_* (recipe variants)   |
+| single-level: lambda_seg = lambda_adv_target1 = 0                | method.lambda_* (recipe variants)   |
 | LS-GAN (`--gan LS`): MSE instead of BCE                          | method.gan = "ls"                   |
 | backbone SGD group repeats parameters (get_1x_lr_params_NOscale, | optim.official_repeated_groups      |
-| model/deeplab_multi.py:185): Bottleneck convs 3x, downsample 4x   | (engine/optim.py)                   |
+| model/deeplab_multi.py:185): Bottleneck convs 3x, downsample 4x  | (engine/optim.py)                   |
 The repeated group (issue 17.1): `get_1x_lr_params_NOscale` walks `modules()` and calls the recursive `parameters()`
 on each, and torch.optim.SGD updates a parameter once per listing, so every published number was trained with a
 backbone step ~3x the stated lr (head/backbone ~3.3, not 10) and momentum accumulated per listing. segadapt runs

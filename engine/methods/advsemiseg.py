@@ -28,18 +28,18 @@ official code round-trips through numpy every step.
 | README lambda_adv_pred 0.01; the code default LAMBDA_ADV_PRED is 0.1     | method.lambda_adv_pred (default 0.01) |
 | no confident pixel in the batch (semi_ratio == 0): nothing of the        | reproduced: L_semi_adv is multiplied  |
 | unlabelled branch is backpropagated, L_semi_adv included                 | by "any pixel confident" (no sync)    |
-| backbone SGD group repeats parameters (get_1x_lr_params_NOscale,        | optim.official_repeated_groups        |
+| backbone SGD group repeats parameters (get_1x_lr_params_NOscale,         | optim.official_repeated_groups        |
 | model/deeplab.py:179): Bottleneck convs 3x, downsample convs 4x          | (engine/optim.py; as AdaptSegNet)     |
 | input RGB after the BGR mean: voc_dataset.py:55,74 subtracts IMG_MEAN    | data.channel_order = "rgb", data.mean |
 | from the cv2 (BGR) image, then `[:, :, ::-1]` ("change to BGR") -> RGB   | = IMG_MEAN reversed (paper recipes)   |
 | crop pad after the mean subtraction (voc_dataset.py:59-62): 0 at the     | always (data/batch.py to_batch; U2PL  |
 | network, the mean colour                                                 | pads so too); label 255               |
-| partial split size int(p * N) (train.py:253): 1322 of 10582 at 1/8      | data.*.fraction_rounding = "floor"    |
-| Res_Deeplab's one classifier is `layer5` (snapshots VOC_*.pth, inits);  | always: models/weights.py format      |
+| partial split size int(p * N) (train.py:253): 1322 of 10582 at 1/8       | data.*.fraction_rounding = "floor"    |
+| Res_Deeplab's one classifier is `layer5` (snapshots VOC_*.pth, inits);   | always: models/weights.py format      |
 | segadapt's single-level model calls it `layer6`                          | "res_deeplab" renames on load         |
-| D real one-hots from trainloader_gt: own sampler over the labelled ids, | method.d_real_stream = true +         |
+| D real one-hots from trainloader_gt: own sampler over the labelled ids,  | method.d_real_stream = true +         |
 | VOCGTDataSet resizes small images to the crop (no pad)                   | data.labeled_real (small_images)      |
-| evaluate_voc.py pads val images to 505x505 (mean colour), interp        | eval.protocol = "advsemi_voc" and     |
+| evaluate_voc.py pads val images to 505x505 (mean colour), interp         | eval.protocol = "advsemi_voc" and     |
 | align_corners=True, crops; ConfusionMatrix.jaccard averages only classes | eval.metric = "nonzero_diagonal":     |
 | with a correct pixel; result.txt names kept classes by position (shifted | miou_official beside the standard     |
 | after a dropped class: not reproduced)                                   | miou (paper recipes)                  |
