@@ -63,6 +63,33 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
         ) from None
 
 
+TRAINING_KEYS = ("models", "optimizers", "scaler", "streams", "rng", "step", "best", "config")
+"""What a training checkpoint holds; `save_checkpoint` in train.py writes them."""
+ARCHITECTURE_KEYS = (("method", "name"), ("model", "name"), ("model", "backbone"), ("model", "width"),
+                     ("model", "num_classes"), ("model", "multi_level"))  # fmt: skip
+"""Config entries a resumed run must share with the checkpoint (its tensors and optimizer states have their shapes)."""
+
+
+def check_resumable(state: Any, path: str | os.PathLike, config: dict[str, Any]) -> None:
+    """Raise a one-line ValueError naming `path` when `state` cannot continue the run of `config` (a `to_dict`
+    tree): a bare state_dict or an official snapshot, or a checkpoint of another method or architecture."""
+    missing = [key for key in TRAINING_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise ValueError(
+            f"--resume: {path} is not a segadapt training checkpoint (it has no {', '.join(missing)}); weights alone "
+            "(a state_dict, an official snapshot, best.pt's model) start a new run as model.pretrained"
+        )
+    theirs = state["config"] if isinstance(state["config"], dict) else {}
+    for section, key in ARCHITECTURE_KEYS:
+        ours = config.get(section, {}).get(key)
+        stored = theirs.get(section, {}).get(key) if isinstance(theirs.get(section), dict) else None
+        if stored != ours:
+            raise ValueError(
+                f"--resume: {path} was trained with {section}.{key} = {stored!r}, this run has {ours!r}; resume it "
+                "with the config it was trained with, or start a new run directory"
+            )
+
+
 def latest(directory: str | os.PathLike) -> Path | None:
     """The newest checkpoint recorded in `directory/latest` (a pointer file written atomically after each save)."""
     pointer = Path(directory) / "latest"

@@ -331,6 +331,7 @@ def restore(run: Run, resume: str, log) -> None:
     if path is None:
         raise ValueError(f"--resume: no checkpoint recorded in {run.run_dir / 'checkpoints' / 'latest'}")
     state = checkpoint.load(path, map_location=run.device)
+    checkpoint.check_resumable(state, path, to_dict(run.cfg))
     models = state["models"]
     extra = {k: v for k, v in models["extra"].items() if not k.startswith("net.")}  # older files duplicated net.*
     run.method.load_state_dict({**{f"model.{k}": v for k, v in models["model"].items()}, **extra})

@@ -157,3 +157,31 @@ def test_resume_from_a_code_payload_is_one_line_without_torchs_advice(tmp_path, 
     assert err.count("\n") == 1 and err.startswith(f"segadapt: error: checkpoint {evil} could not be loaded safely")
     assert "weights_only=False" not in err and "will likely succeed" not in err
     assert not (tmp_path / "ran").exists()
+
+
+def test_resuming_a_foreign_checkpoint_is_one_line_naming_the_file(tmp_path, capsys):
+    # issue 19 point 7: a bare state_dict gave a KeyError, another width a size-mismatch traceback
+    import torch
+
+    from segadapt.models import build_segmenter
+
+    sets = _toy_demo_sets(tmp_path, tmp_path / "run")
+    cfg = config.load("demo", sets[1::2])
+    weights = build_segmenter(cfg.model).state_dict()
+    saved = tmp_path / "step_0000002.pt"  # what train.save_checkpoint writes, with empty optimizer/stream states
+    torch.save({"models": {"model": weights, "extra": {}}, "optimizers": {}, "scaler": {}, "streams": {}, "rng": {},
+                "step": 2, "best": {}, "config": config.to_dict(cfg)}, saved)  # fmt: skip
+    bare = tmp_path / "bare.pt"
+    torch.save(weights, bare)
+    cases = [
+        (bare, [], f"--resume: {bare} is not a segadapt training checkpoint (it has no models, optimizers"),
+        (saved, ["--set", "model.width=16"], f"--resume: {saved} was trained with model.width = 8, this run has 16"),
+        (saved, ["--set", 'method={name = "sourceonly"}'],
+         f"--resume: {saved} was trained with method.name = 'adaptsegnet', this run has 'sourceonly'"),
+    ]  # fmt: skip
+    for path, more, expected in cases:
+        capsys.readouterr()
+        run_dir = ["--set", f'train.run_dir="{tmp_path / "other"}"']
+        assert cli.main(["train", "demo", *sets, *more, *run_dir, "--resume", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"segadapt: error: {expected}"), err
