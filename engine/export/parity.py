@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -76,18 +77,42 @@ def require_agreement(stage: str, parity: Parity, minimum: float = MIN_AGREEMENT
         raise ExportError(stage, f"{parity.line()}; below the {100 * minimum:.1f}% required in fp32")
 
 
+def load_onnx(path: str | os.PathLike):
+    """`onnx.load` (external data included) whose failures are one ValueError line naming the file: a missing or
+    0-byte file, bytes that are not an ONNX model, external data that onnx refuses (e.g. outside the directory)."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such ONNX file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file (0 bytes), not an ONNX model; was its export interrupted?")
+    try:
+        model = onnx.load(str(path))
+    except Exception as error:  # noqa: BLE001 - protobuf, onnx's ValidationError, OSError: one line naming the file
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"{path}: cannot load the ONNX model: {reason}") from None
+    if not model.graph.node:
+        raise ValueError(f"{path}: holds no ONNX graph; expected a model written by `segadapt export`")
+    return model
+
+
 def onnxruntime_session(path: str | os.PathLike, with_logits: bool = True):
     """An onnxruntime CPU session; for label graphs the pre-argmax logits are exposed as a second output."""
     import onnx
     import onnxruntime
 
-    model = onnx.load(str(path))
+    model = load_onnx(path)
     argmax = [node for node in model.graph.node if node.op_type == "ArgMax"]
     if with_logits and argmax:
         model.graph.output.append(onnx.ValueInfoProto(name=argmax[-1].input[0]))
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3
-    return onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    try:
+        return onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # noqa: BLE001 - onnxruntime's pybind errors: one line naming the file
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"{path}: onnxruntime cannot load the model: {reason}") from None
 
 
 def compare_onnxruntime(path: str | os.PathLike, wrapper: ExportWrapper, images: Tensor, batch_size: int) -> Parity:

@@ -185,3 +185,50 @@ def test_resuming_a_foreign_checkpoint_is_one_line_naming_the_file(tmp_path, cap
         assert cli.main(["train", "demo", *sets, *more, *run_dir, "--resume", str(path)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith(f"segadapt: error: {expected}"), err
+
+
+def _model_with_external_data(path, location):
+    """A one-Conv ONNX model whose weight lives in an external file at `location` (relative to the model)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto
+    from onnx import helper
+    from onnx import numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((1, 3, 1, 1), np.float32), "w")
+    weight.data_location = TensorProto.EXTERNAL
+    weight.ClearField("raw_data")
+    entry = weight.external_data.add()
+    entry.key, entry.value = "location", location
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["input", "w"], ["out"])],
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 1, 8, 8])],
+        initializer=[weight],
+    )
+    path.write_bytes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString())
+    assert onnx.load(str(path), load_external_data=False).graph.initializer[0].external_data
+
+
+def test_broken_onnx_files_are_one_line_naming_the_file(tmp_path, capsys):
+    # issue 19 point 7: both gave onnxruntime / onnx tracebacks
+    import numpy as np
+    from PIL import Image
+
+    image = tmp_path / "image.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    outside = tmp_path / "models" / "outside.onnx"
+    outside.parent.mkdir()
+    _model_with_external_data(outside, "../../secret.bin")  # onnx refuses it: good, but say so in one line
+    cases = [
+        (empty, f"{empty}: empty file (0 bytes), not an ONNX model"),
+        (outside, f"{outside}: cannot load the ONNX model: Data of TensorProto ( tensor name: w) should be file inside"),
+    ]
+    for model, expected in cases:
+        capsys.readouterr()
+        assert cli.main(["predict", "--model", str(model), str(image), "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"segadapt: error: {expected}"), err
