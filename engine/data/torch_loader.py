@@ -322,6 +322,18 @@ class StreamLoader(StreamPosition):
             )
         self.epoch, self.position = 0, 0
         self._iterator: Iterator | None = None
+        # The DataLoader draws its workers' base seed when an iterator starts; from the global RNG unless given a
+        # generator. A resumed run starts its iterator after restoring the global RNG, so that draw would shift
+        # every later global draw (dropout, CutMix, point sampling) against the uninterrupted run.
+        self.generator = torch.Generator().manual_seed(_derive(seed, _stream_key(name), rank, 2))
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if "generator" in state:  # checkpoints written before the loader had its own generator lack it
+            self.generator.set_state(state["generator"].cpu())  # the checkpoint may be mapped to a GPU
 
     def _start(self) -> Iterator:
         sampler = _EndlessBatches(len(self.samples), self.stream.batch_size, self.seed, self.name, self.shard,
@@ -335,6 +347,7 @@ class StreamLoader(StreamPosition):
             pin_memory=torch.cuda.is_available(),
             persistent_workers=workers,
             prefetch_factor=self.prefetch if workers else None,
+            generator=self.generator,
         )
         return iter(loader)
 
