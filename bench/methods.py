@@ -137,8 +137,8 @@ def _semi(network: str, recipe: str, method: Arm, start: str = "") -> Table:
 
 def _lanes() -> dict[str, Lane]:
     adaptseg = _uda("demo", Arm("adaptsegnet", "AdaptSegNet multi-level", "method", "demo"))
-    adaptseg = Table(adaptseg.title, (*adaptseg.arms[:2], Arm(
-        "adaptsegnet-single", "AdaptSegNet single-level", "method", "demo", SINGLE_LEVEL), adaptseg.arms[2]))  # fmt: skip
+    single = Arm("adaptsegnet-single", "AdaptSegNet single-level", "method", "demo", SINGLE_LEVEL)
+    adaptseg = Table(adaptseg.title, (*adaptseg.arms[:2], single, adaptseg.arms[2]))
     init_v2 = Arm("init-v2", "source-domain start, DeepLab-v2", "stage", "semi_demo_init_deeplabv2",
                   once_per_data_seed=True)  # fmt: skip
     init_v3 = Arm("init-v3plus", "source-domain start, DeepLab-v3+", "stage", "semi_demo_init_deeplabv3plus",
@@ -304,7 +304,7 @@ def _data_overrides(cfg, arm: Arm, directory: Path) -> list[str]:
         if out not in (root, *root.parents):
             raise ValueError(
                 f"recipe {arm.recipe} (arm {arm.key}): data.{name}.root = {stream.root!r} is not under "
-                f"data.synthshift.out = {str(out)!r}; the protocol varies synthshift's seed and needs every stream in it"
+                f"data.synthshift.out = {str(out)!r}; the protocol varies synthshift's seed: every stream must be in it"
             )
         sets.append(f"data.{name}.root={_quote(directory / root.relative_to(out))}")
     return sets
@@ -354,13 +354,39 @@ def plan(lane: Lane, seeds: list[int], data_seeds: list[int], runs: Path, quick:
 
 
 # ------------------------------------------------------------------------------------------------------ execution
-def is_done(job: Job) -> bool:
-    """results.json written (the run's last act) and config.json equal to what the protocol would run now."""
+def run_state(job: Job) -> str:
+    """ "done" (results.json, the run's last write, is there and config.json equals what the protocol would run now),
+    "to run", "unfinished" or "stale (settings changed: KEYS)"; anything but done is removed and run again."""
+    if not job.run_dir.exists():
+        return "to run"
     try:
         held = json.loads((job.run_dir / "config.json").read_text())
     except (OSError, json.JSONDecodeError):
-        return False
-    return (job.run_dir / "results.json").is_file() and held == job.expected
+        return "unfinished"
+    if held != job.expected:
+        old, new = _flatten(held), _flatten(job.expected)
+        changed = sorted(k for k in {*old, *new} if old.get(k, "<absent>") != new.get(k, "<absent>"))
+        return f"stale (settings changed: {', '.join(changed)})"
+    return "done" if (job.run_dir / "results.json").is_file() else "unfinished"
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    return {
+        k: v for key, value in tree.items() for k, v in _flatten(value, f"{prefix}.{key}" if prefix else key).items()
+    }
+
+
+def is_done(job: Job) -> bool:
+    return run_state(job) == "done"
+
+
+def _log_tail(job: Job, lines: int = 6) -> str:
+    try:
+        return "\n".join((job.run_dir / "train.log").read_text().splitlines()[-lines:])
+    except OSError:
+        return "(no train.log)"
 
 
 def _start(job: Job) -> subprocess.Popen:
@@ -383,29 +409,49 @@ def execute(jobs: list[Job], parallel: int = 1, log=print) -> dict[str, str]:
     ("done" before, "ran", "failed" or "blocked" by a failed stage)."""
     status = {str(job.run_dir): "done" for job in jobs if is_done(job)}
     waiting = [job for job in jobs if str(job.run_dir) not in status]
+    for job in waiting:
+        if job.run_dir.exists():
+            log(f"[methods] {job.lane}/{job.arm.key}/{job.pair}: {run_state(job)}; removed, runs again")
     running: dict[str, tuple[Job, subprocess.Popen, float]] = {}
-    while waiting or running:
-        for job in list(waiting):
-            if job.needs and status.get(job.needs) in ("failed", "blocked"):
-                status[str(job.run_dir)] = "blocked"
-                waiting.remove(job)
-            elif len(running) < parallel and (not job.needs or status.get(job.needs) in ("done", "ran")):
-                log(f"[methods] start {job.lane}/{job.arm.key}/{job.pair}")
-                running[str(job.run_dir)] = (job, _start(job), time.perf_counter())
-                waiting.remove(job)
-        for key, (job, process, started) in list(running.items()):
-            if process.poll() is None:
-                continue
-            elapsed = time.perf_counter() - started
-            _finish(job, process.returncode, elapsed)
-            ok = process.returncode == 0 and is_done(job)
-            status[key] = "ran" if ok else "failed"
-            log(f"[methods] {'done' if ok else 'FAILED'} {job.lane}/{job.arm.key}/{job.pair} in {elapsed:.0f} s"
-                + ("" if ok else f" (exit {process.returncode}; see {job.run_dir / 'train.log'})"))
-            del running[key]
-        if running:
-            time.sleep(0.2)
+    try:
+        while waiting or running:
+            _launch(waiting, running, status, parallel, log)
+            _reap(running, status, log)
+            if running:
+                time.sleep(0.2)
+    finally:
+        for _, process, _ in running.values():  # interrupted (Ctrl-C, an error here): leave no orphaned run behind
+            process.terminate()
+            process.wait()
     return status
+
+
+def _launch(waiting: list[Job], running: dict, status: dict[str, str], parallel: int, log) -> None:
+    """Start waiting runs whose stage is done while fewer than `parallel` run; block those whose stage failed."""
+    for job in list(waiting):
+        if job.needs and status.get(job.needs) in ("failed", "blocked"):
+            status[str(job.run_dir)] = "blocked"
+            waiting.remove(job)
+        elif len(running) < parallel and (not job.needs or status.get(job.needs) in ("done", "ran")):
+            log(f"[methods] start {job.lane}/{job.arm.key}/{job.pair}")
+            running[str(job.run_dir)] = (job, _start(job), time.perf_counter())
+            waiting.remove(job)
+
+
+def _reap(running: dict, status: dict[str, str], log) -> None:
+    """Record the runs that ended: protocol.json with the seconds they took, and ran / failed."""
+    for key, (job, process, started) in list(running.items()):
+        if process.poll() is None:
+            continue
+        elapsed = time.perf_counter() - started
+        _finish(job, process.returncode, elapsed)
+        ok = process.returncode == 0 and is_done(job)
+        status[key] = "ran" if ok else "failed"
+        log(
+            f"[methods] {'done' if ok else 'FAILED'} {job.lane}/{job.arm.key}/{job.pair} in {elapsed:.0f} s"
+            + ("" if ok else f" (exit {process.returncode}; {job.run_dir / 'train.log'} ends:\n{_log_tail(job)})")
+        )
+        del running[key]
 
 
 def ensure_data(jobs: list[Job]) -> float:
@@ -483,7 +529,9 @@ def timing(lane: Lane, jobs: list[Job]) -> dict[str, Any]:
     per_arm: dict[str, list[float]] = {}
     for job in jobs:
         try:
-            per_arm.setdefault(job.arm.key, []).append(json.loads((job.run_dir / "protocol.json").read_text())["elapsed_s"])
+            per_arm.setdefault(job.arm.key, []).append(
+                json.loads((job.run_dir / "protocol.json").read_text())["elapsed_s"]
+            )
         except (OSError, json.JSONDecodeError, KeyError):
             per_arm.setdefault(job.arm.key, [])
     arms = {key: {"runs": len(v), "mean_s": sum(v) / len(v) if v else None, "total_s": sum(v)}
@@ -642,7 +690,7 @@ def report_sections(directory: Path = METHODS_RESULTS) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------------------ CLI
 def parse_seeds(text: str, flag: str) -> list[int]:
-    """"1-5", "1,2,7" or "1-3,7" -> sorted distinct ints; a ValueError naming the flag otherwise."""
+    """ "1-5", "1,2,7" or "1-3,7" -> sorted distinct ints; a ValueError naming the flag otherwise."""
     seeds: set[int] = set()
     for part in (p.strip() for p in text.split(",")):
         match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
@@ -693,7 +741,7 @@ def run_lane(lane: Lane, args, seeds: list[int], data_seeds: list[int], runs: Pa
     jobs = plan(lane, seeds, data_seeds, runs, args.quick, args.overrides)
     if args.dry_run:
         for job in jobs:
-            print(f"# {lane.name}/{job.arm.key}/{job.pair}: {'done' if is_done(job) else 'to run'}")
+            print(f"# {lane.name}/{job.arm.key}/{job.pair}: {run_state(job)}")
             print("OMP_NUM_THREADS=1 " + shlex.join(job.command()))
         return 0
     started = time.perf_counter()
@@ -701,11 +749,23 @@ def run_lane(lane: Lane, args, seeds: list[int], data_seeds: list[int], runs: Pa
     status = execute(jobs, args.jobs)
     device, slug = _device_slug()
     clock = {**timing(lane, jobs), "wall_s": time.perf_counter() - started, "data_s": data_s}
-    payload = {"bench": "methods", "lane": lane.name, "description": lane.description, "quick": args.quick,
-               "held_out": TUNING_DATA_SEED not in data_seeds, "seeds": seeds, "data_seeds": data_seeds,
-               "jobs": args.jobs, "runs": str(runs / lane.name), "command": shlex.join(["python", "-m",
-               "segadapt.bench", "methods", *argv]), **env_stamp(device), "tables": summarize(lane, jobs),
-               "timing": clock, "status": {k: sum(v == k for v in status.values()) for k in sorted(set(status.values()))}}  # fmt: skip
+    counts = {state: sum(v == state for v in status.values()) for state in sorted(set(status.values()))}
+    payload = {
+        "bench": "methods",
+        "lane": lane.name,
+        "description": lane.description,
+        "quick": args.quick,
+        "held_out": TUNING_DATA_SEED not in data_seeds,
+        "seeds": seeds,
+        "data_seeds": data_seeds,
+        "jobs": args.jobs,
+        "runs": str(runs / lane.name),
+        "command": shlex.join(["python", "-m", "segadapt.bench", "methods", *argv]),
+        **env_stamp(device),
+        "tables": summarize(lane, jobs),
+        "timing": clock,
+        "status": counts,
+    }
     stem = f"{lane.name}-{slug}" + ("-quick" if args.quick else "") + ("" if payload["held_out"] else "-tuning")
     path = write_json(out / f"{stem}.json", payload)
     page, picture = render(path)
@@ -729,7 +789,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else (runs / "results" if args.quick else METHODS_RESULTS)
     failed = sum(run_lane(lane, args, seeds, data_seeds, runs, out, argv) for lane in lanes)
     if failed:
-        print(f"[methods] {failed} run(s) failed or were blocked; rerun the same command to retry them", file=sys.stderr)
+        print(
+            f"[methods] {failed} run(s) failed or were blocked; rerun the same command to retry them", file=sys.stderr
+        )
     return 1 if failed else 0
 
 
