@@ -137,3 +137,14 @@ def test_quick_lane_end_to_end_and_resumable(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in runs.glob("uda-lsd/*/*/results.json")} == stamps
     (section,) = methods.report_sections(out)
     assert "](methods/" + path.with_suffix(".png").name + ")" in section
+
+
+def test_dry_run_prints_every_command_and_runs_nothing(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    assert methods.main(["--dry-run", "--lane", "mm", "--seeds", "1-2", "--data-seeds", "5", "--runs", str(runs)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    commands = [line for line in lines if line.startswith("OMP_NUM_THREADS=1 ")]
+    assert len(commands) == 2 * 6 and all("segadapt train mm_demo_" in line for line in commands)
+    assert sum("to run" in line for line in lines) == 12 and not runs.exists()
+    with pytest.raises(SystemExit):
+        methods.main(["--lane", "nope"])
