@@ -39,7 +39,7 @@ from segadapt.kernels._launch import pixel_stride
 from segadapt.kernels._launch import pixel_tile
 from segadapt.kernels._launch import tuned
 
-__all__ = ["entropy_percentile", "entropy_percentile_ref"]
+__all__ = ["entropy_percentile", "entropy_percentile_ref", "entropy_thresholds", "entropy_thresholds_ref"]
 
 
 def _ranks(num_valid: Tensor, percentile: float | Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -154,6 +154,7 @@ def _radix_histogram_kernel(
     stride_ignore_p,
     HIGH_MASK: tl.constexpr,
     SHIFT: tl.constexpr,
+    NUM_STATS: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     offs = tl.cast(tl.program_id(0), tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -166,7 +167,7 @@ def _radix_histogram_kernel(
     )
     valid = in_range & (ignored == 0)
     bins = ((keys >> SHIFT) & 255).to(tl.int32)
-    for s in tl.static_range(2):
+    for s in tl.static_range(NUM_STATS):
         prefix = tl.load(state_ptr + s)
         match = valid & ((keys & HIGH_MASK) == prefix)
         # Per-block histogram then 256 atomics: far less contention than one atomic per pixel.
@@ -177,14 +178,15 @@ def _radix_histogram_kernel(
 
 
 @triton.jit
-def _radix_select_step_kernel(hist_ptr, state_ptr, SHIFT: tl.constexpr):
+def _radix_select_step_kernel(hist_ptr, state_ptr, SHIFT: tl.constexpr, NUM_STATS: tl.constexpr):
+    # state: NUM_STATS prefixes, then NUM_STATS ranks still to skip within the chosen prefix.
     bins = tl.arange(0, 256)
-    for s in tl.static_range(2):
+    for s in tl.static_range(NUM_STATS):
         counts = tl.load(hist_ptr + s * 256 + bins)
-        k = tl.load(state_ptr + 2 + s)
+        k = tl.load(state_ptr + NUM_STATS + s)
         chosen = tl.minimum(tl.sum((tl.cumsum(counts, 0) <= k).to(tl.int64), axis=0), 255)
         below = tl.sum(tl.where(bins < chosen, counts, 0), axis=0)
-        tl.store(state_ptr + 2 + s, k - below)
+        tl.store(state_ptr + NUM_STATS + s, k - below)
         tl.store(state_ptr + s, tl.load(state_ptr + s) | (chosen << SHIFT))
 
 
@@ -226,29 +228,30 @@ def _check_inputs(logits: Tensor, ignore: Tensor) -> None:
     check_pixel_map("ignore", ignore, expected, logits.device, (torch.bool,))
 
 
-def _radix_select_pair(keys: Tensor, ignore: Tensor, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
-    """Bit patterns (int32) of the lo-th and hi-th smallest valid keys, by a 4 x 8-bit radix select on device."""
+def _radix_select(keys: Tensor, ignore: Tensor, ranks: list[Tensor]) -> list[Tensor]:
+    """Bit patterns (int32) of the ranks[i]-th smallest valid keys, all at once by a 4 x 8-bit radix select."""
     batch, height, width = ignore.shape
-    num_pixels, total, block = height * width, keys.numel(), 1024
-    state = torch.stack([torch.zeros_like(lo), torch.zeros_like(lo), lo, hi])  # prefix_lo, prefix_hi, k_lo, k_hi
-    hist = torch.zeros(4, 2, 256, dtype=torch.int64, device=keys.device)
+    num_pixels, total, block, stats = height * width, keys.numel(), 1024, len(ranks)
+    state = torch.stack([torch.zeros_like(ranks[0])] * stats + list(ranks))  # prefixes, then ranks left
+    hist = torch.zeros(4, stats, 256, dtype=torch.int64, device=keys.device)
     ignore_bytes = ignore.view(torch.uint8)
     for index, shift in enumerate((24, 16, 8, 0)):
         high_mask = (0xFFFFFFFF << (shift + 8)) & 0x7FFFFFFF
         launch(
             _radix_histogram_kernel, lambda meta: (triton.cdiv(total, block),), keys, ignore_bytes, state,
             hist[index], num_pixels, total, ignore.stride(0), ignore.stride(2), HIGH_MASK=high_mask, SHIFT=shift,
-            BLOCK=block, work=total,
+            NUM_STATS=stats, BLOCK=block, work=total,
         )  # fmt: skip
-        launch(_radix_select_step_kernel, lambda meta: (1,), hist[index], state, SHIFT=shift, work=total)
-    return state[0].to(torch.int32), state[1].to(torch.int32)
+        launch(_radix_select_step_kernel, lambda meta: (1,), hist[index], state, SHIFT=shift, NUM_STATS=stats,
+               work=total)  # fmt: skip
+    return [state[index].to(torch.int32) for index in range(stats)]
 
 
-def _entropy_percentile_fwd(
-    logits: Tensor, ignore: Tensor, percentile: float | Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _entropy_thresholds_fwd(logits: Tensor, ignore: Tensor, percentiles: list) -> tuple[Tensor, Tensor]:
+    """Entropy (N, H, W) f32 and one threshold per percentile, (K,) f32, from one pass over the logits."""
     _check_inputs(logits, ignore)
-    _check_percentile(percentile)
+    for percentile in percentiles:
+        _check_percentile(percentile)
     batch, channels, height, width = logits.shape
     num_pixels = height * width
     entropy = torch.empty((batch, height, width), dtype=torch.float32, device=logits.device)
@@ -258,16 +261,27 @@ def _entropy_percentile_fwd(
         C=channels, work=batch * num_pixels,
     )  # fmt: skip
     num_valid = (~ignore).sum()
-    lo, hi, frac = _ranks(num_valid, percentile)
-    bits_lo, bits_hi = _radix_select_pair(entropy.view(torch.int32), ignore, lo, hi)
-    threshold = _interpolate(bits_lo.view(torch.float32), bits_hi.view(torch.float32), frac, num_valid)
+    ranks = [_ranks(num_valid, percentile) for percentile in percentiles]
+    bits = _radix_select(entropy.view(torch.int32), ignore, [rank for lo, hi, _ in ranks for rank in (lo, hi)])
+    thresholds = [
+        _interpolate(bits[2 * index].view(torch.float32), bits[2 * index + 1].view(torch.float32), frac, num_valid)
+        for index, (_, _, frac) in enumerate(ranks)
+    ]
+    return entropy, torch.stack(thresholds)
+
+
+def _entropy_percentile_fwd(
+    logits: Tensor, ignore: Tensor, percentile: float | Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    entropy, thresholds = _entropy_thresholds_fwd(logits, ignore, [percentile])
+    threshold = thresholds[0]
     reliable = torch.empty_like(entropy, dtype=torch.bool)
     unreliable = torch.empty_like(entropy, dtype=torch.bool)
-    total, block = entropy.numel(), 1024
+    total, block, num_pixels = entropy.numel(), 1024, entropy[0].numel()
     launch(
         _split_kernel, lambda meta: (triton.cdiv(total, block),), entropy, ignore.view(torch.uint8), threshold,
-        reliable.view(torch.uint8), unreliable.view(torch.uint8), num_pixels, total, ignore.stride(0),
-        ignore.stride(2), BLOCK=block, work=total,
+        reliable.view(torch.uint8), unreliable.view(torch.uint8), num_pixels, total,
+        ignore.stride(0), ignore.stride(2), BLOCK=block, work=total,
     )  # fmt: skip
     return entropy, threshold, reliable, unreliable
 
@@ -320,6 +334,55 @@ def entropy_percentile(
     if isinstance(percentile, Tensor):
         return _entropy_percentile_op(logits, ignore, percentile, 0.0)
     return _entropy_percentile_op(logits, ignore, None, float(percentile))
+
+
+@torch.library.custom_op("segadapt::entropy_thresholds", mutates_args=())
+def _entropy_thresholds_op(logits: Tensor, ignore: Tensor, percentiles: list[float]) -> tuple[Tensor, Tensor]:
+    return _entropy_thresholds_fwd(logits, ignore, list(percentiles))
+
+
+@_entropy_thresholds_op.register_fake
+def _(logits, ignore, percentiles):
+    _check_inputs(logits, ignore)
+    batch, _, height, width = logits.shape
+    return logits.new_empty((batch, height, width), dtype=torch.float32), logits.new_empty(
+        (len(percentiles),), dtype=torch.float32
+    )
+
+
+def entropy_thresholds_ref(logits: Tensor, ignore: Tensor, percentiles: list[float]) -> tuple[Tensor, Tensor]:
+    """Specification of `entropy_thresholds`: `entropy_percentile_ref` once per percentile."""
+    results = [entropy_percentile_ref(logits, ignore, percentile) for percentile in percentiles]
+    return results[0][0], torch.stack([result[1] for result in results])
+
+
+def entropy_thresholds(logits: Tensor, ignore: Tensor, percentiles: list[float]) -> tuple[Tensor, Tensor]:
+    """Softmax entropy per pixel and several of its percentiles over the non-ignored pixels, in one call.
+
+    One read of the logits and one radix select for every order statistic at once, where calling
+    `entropy_percentile` once per percentile would recompute the entropy each time (U2PL needs three per step:
+    drop_percent for the unsupervised loss, alpha and 100 - alpha for the contrastive anchors and negatives).
+
+    Args:
+        logits: (N, C, H, W) float32/bfloat16/float16, NCHW-contiguous or channels-last.
+        ignore: (N, H, W) bool, True for pixels left out of the percentiles.
+        percentiles: K floats in [0, 100].
+
+    Returns:
+        entropy (N, H, W) float32 and thresholds (K,) float32 (+inf when every pixel is ignored), each equal to
+        `entropy_percentile(logits, ignore, percentiles[k])[1]`.
+    """
+    if not isinstance(percentiles, (list, tuple)) or not percentiles:
+        raise ValueError(f"percentiles: expected a non-empty list of floats in [0, 100], got {percentiles!r}")
+    for percentile in percentiles:
+        if isinstance(percentile, Tensor):
+            raise TypeError("percentiles: expected Python floats (a tensor percentile goes to entropy_percentile)")
+        _check_percentile(percentile)
+    _check_inputs(logits, ignore)
+    values = [float(percentile) for percentile in percentiles]
+    if not use_triton(logits, ignore):
+        return entropy_thresholds_ref(logits, ignore, values)
+    return _entropy_thresholds_op(logits, ignore, values)
 
 
 def main() -> None:

@@ -67,6 +67,7 @@ from segadapt.config import U2PL as U2PLConfig
 from segadapt.config import Config
 from segadapt.config import Optim
 from segadapt.kernels.entropy_percentile import entropy_percentile
+from segadapt.kernels.entropy_percentile import entropy_thresholds
 from segadapt.kernels.memory_queue import MemoryQueue
 from segadapt.kernels.memory_queue import u2pl_lengths
 from segadapt.kernels.pseudo_label import one_hot_labels
@@ -140,7 +141,12 @@ def cutmix(image: Tensor, label: Tensor, apply: Tensor, uniforms: Tensor) -> tup
 
 
 def unsupervised_loss(
-    student_logits: Tensor, pseudo: Tensor, teacher_logits: Tensor, drop_percent: float, align_corners: bool
+    student_logits: Tensor,
+    pseudo: Tensor,
+    teacher_logits: Tensor,
+    drop_percent: float,
+    align_corners: bool,
+    reliable: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """`compute_unsupervised_loss`: CE on the pseudo-labels whose teacher entropy is below the drop_percent-th
     percentile, times B*H*W / #kept.
@@ -149,12 +155,15 @@ def unsupervised_loss(
         student_logits: (N, C, h, w) student logits (upsampled to the label size inside the fused CE).
         pseudo: (N, H, W) int64 pseudo-labels (255 = ignore).
         teacher_logits: (N, C, H, W) teacher logits at the label size.
+        reliable: the (N, H, W) reliable mask when the caller already split the entropy at drop_percent (one
+            `entropy_thresholds` call per step serves every threshold); None computes it here.
 
     Returns:
         the loss (0-d) and the (N, H, W) bool reliable mask.
     """
     with torch.no_grad():
-        _, _, reliable, _ = entropy_percentile(teacher_logits.float(), pseudo == IGNORE, float(drop_percent))
+        if reliable is None:
+            _, _, reliable, _ = entropy_percentile(teacher_logits.float(), pseudo == IGNORE, float(drop_percent))
         target = torch.where(reliable, pseudo, IGNORE)
         weight = pseudo.numel() / reliable.sum().clamp_min(1)
     loss = upsample_cross_entropy(student_logits, target, align_corners=align_corners)
@@ -487,15 +496,23 @@ class U2PL(Method):
             logits_u_t = upsample(logits_t[num_labeled:], size_u, cfg.align_corners)
         progress = self.progress(step)
         drop_percent = 100.0 - (100.0 - cfg.drop_percent) * (1.0 - progress)
-        unsup, _ = unsupervised_loss(out["main"][num_labeled:], pseudo, logits_u_t, drop_percent, cfg.align_corners)
+        alpha = cfg.low_entropy_threshold * (1.0 - progress)
+        with torch.no_grad():
+            # One entropy pass and one radix select for every threshold of the step: drop_percent for the
+            # unsupervised loss, alpha / 100 - alpha for the contrastive anchors and negatives (same teacher
+            # entropy and ignore mask in the official compute_unsupervised_loss and contrastive split).
+            ignore = pseudo == IGNORE
+            percentiles = [drop_percent, alpha, 100.0 - alpha] if cfg.contra_weight > 0 else [drop_percent]
+            entropy, thresholds = entropy_thresholds(logits_u_t, ignore, percentiles)
+            reliable = ~ignore & (entropy < thresholds[0])
+        unsup, _ = unsupervised_loss(
+            out["main"][num_labeled:], pseudo, logits_u_t, drop_percent, cfg.align_corners, reliable=reliable
+        )
         contra = torch.zeros((), device=sup.device)
         if cfg.contra_weight > 0:
             with torch.no_grad():
-                alpha = cfg.low_entropy_threshold * (1.0 - progress)
-                ignore = pseudo == IGNORE
-                entropy, low_threshold, _, _ = entropy_percentile(logits_u_t, ignore, alpha)
-                _, _, _, high_u = entropy_percentile(logits_u_t, ignore, 100.0 - alpha)
-                low_u = ~ignore & (entropy <= low_threshold)
+                high_u = ~ignore & (entropy >= thresholds[2])
+                low_u = ~ignore & (entropy <= thresholds[1])
             contra = self.contrastive(
                 out["rep"], out_t["rep"].float(), torch.softmax(logits_t, dim=1), label_l, pseudo, low_u, high_u
             )

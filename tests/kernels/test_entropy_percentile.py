@@ -182,3 +182,30 @@ def test_compiled_fullgraph_on_cuda(memory_format):
     exact = _numpy_percentile(got[0].cpu(), ignore.cpu(), 80.0)
     assert abs(float(got[1]) - exact) <= 1e-5 * abs(exact), f"[threshold] {float(got[1])} != {exact}"
     _check_split(got, ignore, "compiled")
+
+
+@pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "channels_last"])
+def test_thresholds_in_one_call_equal_one_call_per_percentile(memory_format):
+    # U2PL's three per step: drop_percent (unsupervised loss), alpha and 100 - alpha (contrastive split); 0 and 100
+    # are the extremes of numpy's linear rule (numpy/lib/function_base.py, _quantile with method="linear").
+    logits = (torch.randn(2, 19, 9, 13) * 2).contiguous(memory_format=memory_format)
+    ignore = torch.rand(2, 9, 13) < 0.25
+    percentiles = [80.0, 20.0, 80.0, 0.0, 100.0, 37.5]
+    entropy, thresholds = module.entropy_thresholds(logits, ignore, percentiles)
+    assert thresholds.shape == (len(percentiles),) and thresholds.dtype == torch.float32
+    for index, percentile in enumerate(percentiles):
+        want_entropy, want, _, _ = entropy_percentile(logits, ignore, percentile)
+        torch.testing.assert_close(thresholds[index], want, rtol=0, atol=0, msg=lambda m, p=percentile: f"[p={p}] {m}")
+        numpy_value = _numpy_percentile(want_entropy, ignore, percentile)
+        assert thresholds[index].item() == pytest.approx(numpy_value, rel=1e-6, abs=1e-7)
+    torch.testing.assert_close(entropy, want_entropy, rtol=0, atol=0)
+    all_ignored = module.entropy_thresholds(logits, torch.ones_like(ignore), [10.0, 90.0])[1]
+    assert torch.isinf(all_ignored).all()
+
+
+def test_thresholds_reject_a_bad_percentile_list():
+    logits, ignore = torch.randn(1, 19, 3, 3), torch.zeros(1, 3, 3, dtype=torch.bool)
+    with pytest.raises(ValueError, match="percentiles"):
+        module.entropy_thresholds(logits, ignore, [])
+    with pytest.raises(ValueError, match="percentile"):
+        module.entropy_thresholds(logits, ignore, [20.0, 120.0])
