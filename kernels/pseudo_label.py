@@ -131,7 +131,8 @@ def _pseudo_label_fwd_kernel(
             score = conf
         drop = drop | (score < threshold)
     if HAS_IGNORE:
-        ignored = tl.load(ignore_ptr + n * stride_ignore_n + offs_p.to(tl.int64) * stride_ignore_p, mask=mask_p, other=0)
+        ignore_ptrs = ignore_ptr + n * stride_ignore_n + offs_p.to(tl.int64) * stride_ignore_p
+        ignored = tl.load(ignore_ptrs, mask=mask_p, other=0)
         drop = drop | (ignored != 0)
     label = tl.where(drop, 255, label)
     tl.store(label_ptr + n * num_pixels + offs_p, label, mask=mask_p)

@@ -15,7 +15,8 @@ upsampled to the input size, masked BCE against the one-hot map's label, T_semi 
 
 Traffic (P = N*H*W output pixels, p = N*h*w input pixels): forward reads p*e bytes of logits plus P*(1 or 8) bytes
 of target and writes P*4 bytes of sigmoid only when asked; backward reads them again and scatters into a p*4-byte
-fp32 accumulator (atomic adds: summation order, hence the last bits of the gradient, vary run to run).
+fp32 accumulator (relaxed atomic adds, no fence: summation order, hence the last bits of the gradient, vary run to
+run). One output pixel per lane.
 The reference materialises the P*4-byte upsampled map, the per-pixel loss, the mask and their gradients.
 """
 

@@ -18,8 +18,13 @@ P*4 bytes of log-sum-exp; backward reads the labels and log-sum-exp again and sc
 accumulator. The reference writes and reads the P*C*4-byte upsampled logits, their log-softmax and the gradient
 of both, i.e. roughly 6*P*C*4 bytes and 2*P*C*4 bytes of peak memory.
 
-Gradient scatter uses fp32 atomic adds: the summation order of the up-to-(4 * scale^2) contributions to one
-source logit is not fixed, so gradients are not bitwise deterministic run to run (differences ~1 ulp).
+Layout of the work: one output pixel per lane, the C classes in a compile-time loop with a one-exponential online
+log-sum-exp, so every per-pixel instruction runs once per pixel (the class-across-lanes layout ran each one 32
+times and reduced across lanes per pixel). Gradient scatter uses relaxed fp32 atomic adds (plain RED in SASS; the
+default acq_rel wrapped each in a GPU-wide fence and an L1 invalidate): the summation order of the up-to-(4 *
+scale^2) contributions to one source logit is not fixed, so gradients are not bitwise deterministic run to run
+(differences ~1 ulp). A gather-form backward (each source pixel sums its bounded footprint) would make them
+deterministic and remove the 4 * C atomics per output pixel that bound the backward (see bench/roofline.py).
 Labels outside [0, C) other than `ignore_index` are not checked on the Triton path (the check would need a host
 sync); they contribute logsumexp(z) to the loss instead of raising.
 """

@@ -27,8 +27,10 @@ def _every_kernel_name() -> set[str]:
     names = set()
     for module_name in KERNEL_MODULES:
         module = importlib.import_module(f"segadapt.kernels.{module_name}")
-        names |= {name for name, value in vars(module).items() if name.endswith("_kernel") and not inspect.isclass(value)
-                  and not inspect.ismodule(value)}  # fmt: skip
+        names |= {
+            name for name, value in vars(module).items()
+            if name.endswith("_kernel") and not inspect.isclass(value) and not inspect.ismodule(value)
+        }  # fmt: skip
     return names
 
 
@@ -53,7 +55,7 @@ def test_every_kernel_compiles_for_sm90_and_sm80_without_spills_or_fenced_atomic
     assert labels <= got, f"CE backward configs not compiled: {labels - got}"
 
 
-_PROBE = textwrap.dedent('''
+_PROBE = textwrap.dedent("""
     import json, sys
     import triton, triton.language as tl
     from triton.backends.compiler import GPUTarget
@@ -76,7 +78,7 @@ _PROBE = textwrap.dedent('''
         compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
         rows[kernel.__name__] = _sass_stats(compiled.asm["cubin"])
     print(json.dumps(rows))
-''')
+""")
 
 
 def test_sass_census_flags_default_atomics_as_fenced_and_relaxed_ones_as_clean(tmp_path):
@@ -93,10 +95,25 @@ def test_sass_census_flags_default_atomics_as_fenced_and_relaxed_ones_as_clean(t
 
 
 def test_failures_name_the_variant_and_the_reason():
-    base = {"case": "c", "kernel": "k", "target": "sm_90", "config": "BLOCK_P=128,warps=4", "compiled": True,
-            "spills": False, "fenced_atomics": False, "stack_bytes": 0, "local_ops": 0, "atomics": 0, "fences": 0}
-    rows = [base, {**base, "spills": True, "stack_bytes": 400, "local_ops": 12},
-            {**base, "fenced_atomics": True, "atomics": 4, "fences": 4}, {**base, "compiled": False, "error": "boom"}]
+    base = {
+        "case": "c",
+        "kernel": "k",
+        "target": "sm_90",
+        "config": "BLOCK_P=128,warps=4",
+        "compiled": True,
+        "spills": False,
+        "fenced_atomics": False,
+        "stack_bytes": 0,
+        "local_ops": 0,
+        "atomics": 0,
+        "fences": 0,
+    }
+    rows = [
+        base,
+        {**base, "spills": True, "stack_bytes": 400, "local_ops": 12},
+        {**base, "fenced_atomics": True, "atomics": 4, "fences": 4},
+        {**base, "compiled": False, "error": "boom"},
+    ]
     problems = aot.failures(rows)
     assert problems == [
         "c/k/sm_90/BLOCK_P=128,warps=4: spills (400 B stack, 12 local ops)",
