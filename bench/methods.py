@@ -249,10 +249,11 @@ def paired(values: dict[str, float], baseline: dict[str, float], confidence: flo
 
 
 def gap_closed(values: dict[str, float], baseline: dict[str, float], ceiling: dict[str, float]) -> float | None:
-    """Share of the baseline-to-ceiling gap closed, over the pairs all three have: mean(m - b) / mean(c - b)."""
+    """Share of the baseline-to-ceiling gap closed, over the pairs all three have: mean(m - b) / mean(c - b); None
+    when the ceiling does not beat the baseline on average (no gap to close: the ratio would mean nothing)."""
     pairs = sorted(set(values) & set(baseline) & set(ceiling))
     gap = sum(ceiling[p] - baseline[p] for p in pairs)
-    if not pairs or gap == 0:
+    if not pairs or gap <= 0:
         return None
     return sum(values[p] - baseline[p] for p in pairs) / gap
 
@@ -596,8 +597,8 @@ def markdown(payload: dict[str, Any]) -> str:
              f"{payload.get('timestamp')}.", "", f"`{payload['command']}`", "",
              "Differences are paired over (data seed, training seed); the interval is the 95% Student-t interval of "
              "the mean difference; wins count pairs with a positive difference; gap closed = mean(method - baseline) "
-             "/ mean(ceiling - baseline). Best-on-val selects the snapshot on the data it is scored on; the last "
-             "snapshot is the unselected number.", ""]  # fmt: skip
+             "/ mean(ceiling - baseline), '-' where the ceiling does not beat the baseline. Best-on-val selects the "
+             "snapshot on the data it is scored on; the last snapshot is the unselected number.", ""]  # fmt: skip
     for table in payload["tables"]:
         lines += [*_table_markdown(table), ""]
     clock = payload["timing"]

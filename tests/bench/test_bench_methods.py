@@ -40,6 +40,8 @@ def test_paired_interval_wins_and_gap_by_hand():
     assert stats["mean"] == pytest.approx(4.0) and stats["std"] == pytest.approx(math.sqrt(2.0))
     assert stats["ci95"] == pytest.approx([1.749680, 6.250320], abs=1e-5)
     assert methods.gap_closed(method, baseline, ceiling) == pytest.approx(4.0 / 24.25)
+    below = {pair: value - 30.0 for pair, value in ceiling.items()}  # ceiling under the baseline: no gap to close
+    assert methods.gap_closed(method, baseline, below) is None
     losing = methods.paired({"a": 1.0, "b": 3.0, "c": 2.0}, {"a": 2.0, "b": 2.0, "c": 2.0})
     assert (losing["wins"], losing["mean"]) == (1, pytest.approx(0.0)), "a tie (c) is not a win"
     assert methods.paired({"a": 1.0}, {"a": 0.0})["ci95"] is None, "one pair has no interval"
