@@ -510,8 +510,9 @@ def validate_tree(root: str | Path, dataset: str, split: str = "train", all_ids:
         if problem:
             check.bad[sample.id] = problem
     good = [sample for sample in samples if sample.id not in check.bad]
-    step = 1 if all_ids else max(1, len(good) // ID_SAMPLE)
-    for sample in good[::step]:
+    count = len(good) if all_ids else min(len(good), ID_SAMPLE)
+    picks = sorted({round(i * (len(good) - 1) / max(count - 1, 1)) for i in range(count)})  # evenly spaced, both ends
+    for sample in (good[i] for i in picks):
         try:
             raw = read_raw_label(sample.label, dataset)
         except ValueError as error:

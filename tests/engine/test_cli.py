@@ -41,8 +41,8 @@ def test_data_synthshift_and_check(tmp_path, capsys):
     assert cli.main(["data", "synthshift", "--out", str(tmp_path / "x"), "--size", "64by32"]) == 2
 
 
-def test_demo_code_path_at_toy_size(tmp_path, capsys):
-    """`run.sh demo` end to end at a toy size: generate, train both methods, table, then evaluate and report."""
+def _toy_demo_sets(tmp_path, run_dir=None, **changes):
+    """`--set` arguments of the demo recipe at a toy size, on synthshift generated under tmp_path."""
     sets = {
         "model.width": "8",
         "data.synthshift.out": f'"{tmp_path / "synth"}"',
@@ -57,9 +57,15 @@ def test_demo_code_path_at_toy_size(tmp_path, capsys):
         "train.eval_every": "2",
         "train.checkpoint_every": "2",
         "train.progress": "false",
-        "train.run_dir": f'"{tmp_path / "runs" / "{method}"}"',
+        "train.run_dir": f'"{run_dir or tmp_path / "runs" / "{method}"}"',
+        **changes,
     }
-    args = [x for key, value in sets.items() for x in ("--set", f"{key}={value}")]
+    return [x for key, value in sets.items() for x in ("--set", f"{key}={value}")]
+
+
+def test_demo_code_path_at_toy_size(tmp_path, capsys):
+    """`run.sh demo` end to end at a toy size: generate, train both methods, table, then evaluate and report."""
+    args = _toy_demo_sets(tmp_path)
     assert cli.main(["train", "demo", *args]) == 0
     out = capsys.readouterr().out
     assert "| class | adaptsegnet | sourceonly |" in out and "**mIoU**" in out
@@ -91,31 +97,18 @@ def test_unknown_baseline_is_named():
         baseline_section(config.load("demo"), "oracle")
 
 
-def _toy_demo_sets(tmp_path, run_dir):
-    sets = {
-        "model.width": "8",
-        "data.synthshift.out": f'"{tmp_path / "synth"}"',
-        "data.synthshift.count": "8",
-        "data.synthshift.size": "[64, 32]",
-        "data.source.root": f'"{tmp_path / "synth" / "gta5"}"',
-        "data.target.root": f'"{tmp_path / "synth" / "cityscapes"}"',
-        "data.val.root": f'"{tmp_path / "synth" / "cityscapes"}"',
-        "data.num_workers": "0",
-        "schedule.stop_step": "2",
-        "schedule.total_steps": "2",
-        "train.progress": "false",
-        "train.tensorboard": "false",
-        "train.compare_methods": "[]",
-        "train.run_dir": f'"{run_dir}"',
-    }
-    return [x for key, value in sets.items() for x in ("--set", f"{key}={value}")]
+def _short_sets(tmp_path, run_dir):
+    """Two steps of the demo method alone, without TensorBoard: for the tests that stop before or at the start."""
+    changes = {"schedule.stop_step": "2", "schedule.total_steps": "2", "train.tensorboard": "false",
+               "train.compare_methods": "[]"}  # fmt: skip
+    return _toy_demo_sets(tmp_path, run_dir, **changes)
 
 
 def test_impossible_run_directory_is_one_line_naming_it(tmp_path, capsys):
     # issue 19 point 7: this was a chained traceback
     (tmp_path / "file").write_text("not a directory")
     run_dir = tmp_path / "file" / "run"
-    assert cli.main(["train", "demo", *_toy_demo_sets(tmp_path, run_dir)]) == 2
+    assert cli.main(["train", "demo", *_short_sets(tmp_path, run_dir)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"segadapt: error: {run_dir}: ") and "Traceback" not in err
 
@@ -130,7 +123,7 @@ def test_full_disk_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(checkpoint.os, "fsync", full)
     run_dir = tmp_path / "run"
-    assert cli.main(["train", "demo", *_toy_demo_sets(tmp_path, run_dir)]) == 2
+    assert cli.main(["train", "demo", *_short_sets(tmp_path, run_dir)]) == 2
     err = capsys.readouterr().err
     assert err == f"segadapt: error: {run_dir / 'config.json'}: No space left on device\n"
 
@@ -151,7 +144,7 @@ def test_resume_from_a_code_payload_is_one_line_without_torchs_advice(tmp_path, 
 
     evil = tmp_path / "evil.pt"
     evil.write_bytes(pickle.dumps({"model": _Payload(tmp_path / "ran")}, protocol=2))
-    args = ["train", "demo", *_toy_demo_sets(tmp_path, tmp_path / "run"), "--resume", str(evil)]
+    args = ["train", "demo", *_short_sets(tmp_path, tmp_path / "run"), "--resume", str(evil)]
     assert cli.main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"segadapt: error: checkpoint {evil} could not be loaded safely")
@@ -165,7 +158,7 @@ def test_resuming_a_foreign_checkpoint_is_one_line_naming_the_file(tmp_path, cap
 
     from segadapt.models import build_segmenter
 
-    sets = _toy_demo_sets(tmp_path, tmp_path / "run")
+    sets = _short_sets(tmp_path, tmp_path / "run")
     cfg = config.load("demo", sets[1::2])
     weights = build_segmenter(cfg.model).state_dict()
     saved = tmp_path / "step_0000002.pt"  # what train.save_checkpoint writes, with empty optimizer/stream states
@@ -225,7 +218,7 @@ def test_broken_onnx_files_are_one_line_naming_the_file(tmp_path, capsys):
     _model_with_external_data(outside, "../../secret.bin")  # onnx refuses it: good, but say so in one line
     cases = [
         (empty, f"{empty}: empty file (0 bytes), not an ONNX model"),
-        (outside, f"{outside}: cannot load the ONNX model: Data of TensorProto ( tensor name: w) should be file inside"),
+        (outside, f"{outside}: cannot load the ONNX model: Data of TensorProto ( tensor name: w) should be file"),
     ]
     for model, expected in cases:
         capsys.readouterr()

@@ -77,9 +77,9 @@ def test_label_ids_outside_the_protocol_are_reported_on_a_sample_or_all(tmp_path
     root = tmp_path / "gta5"
     for index in range(10):
         _pair(root, index, RAW if index != 7 else np.where(RAW == 26, 250, RAW).astype(np.uint8))
-    monkeypatch.setattr(datasets, "ID_SAMPLE", 2)  # reads ids 00000 and 00005 only
+    monkeypatch.setattr(datasets, "ID_SAMPLE", 3)  # reads 00000, 00004 (rounded from 4.5) and 00009 only
     sampled = validate_tree(root, "gta5")
-    assert sampled.ids_checked == 2 and sampled.unknown_ids == [] and not sampled.problems
+    assert sampled.ids_checked == 3 and sampled.unknown_ids == [] and not sampled.problems
     full = validate_tree(root, "gta5", all_ids=True)
     assert full.ids_checked == 10
     assert full.unknown_ids == [f"{root / 'labels' / '00007.png'}: ids [250] are outside the gta5 protocol (read as 255)"]
@@ -123,3 +123,25 @@ def test_bad_files_stop_the_run_before_the_first_step_unless_skip_bad(tmp_path):
     check_datasets(_cfg(tmp_path, root, "data.skip_bad=true"))
     ids = [s.id for s in list_samples(Stream(dataset="gta5", root=str(root)))]
     assert ids == ["00000", "00006", "00007"]  # 8 images less the 5 bad pairs
+
+
+def test_a_worker_error_reaches_the_user_as_its_one_line_message(tmp_path):
+    # a file that breaks after the check (or a check skipped): the DataLoader re-raised it with the worker's
+    # 40-line traceback as its message
+    from segadapt.data.torch_loader import StreamLoader
+
+    root = tmp_path / "gta5"
+    for index in range(2):
+        _pair(root, index)
+    (root / "images" / "00000.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    stream = Stream(dataset="gta5", root=str(root), batch_size=2)
+    loader = StreamLoader(stream, "source", seed=0, num_workers=1, prefetch=1)
+    try:
+        with pytest.raises(ValueError) as info:
+            next(loader)
+    finally:
+        loader.close()
+    message = str(info.value)
+    assert "\n" not in message and "Traceback" not in message
+    assert message.startswith(f"data.source: cannot read image {root / 'images' / '00000.png'}: "), message
+    assert info.value.__cause__ is None and info.value.__suppress_context__
