@@ -271,21 +271,43 @@ def _available(names: list[str]) -> list[str]:
     return present
 
 
+def _roofline_ms(stamp: dict[str, Any]) -> dict[tuple[str, str], float]:
+    """Predicted ms of the roofline model (bench/roofline.py) for its shape, keyed (op, mode); {} when unavailable."""
+    try:
+        from segadapt.bench import roofline
+
+        name = (stamp.get("device_name") or "").upper()
+        device = "h200" if "H200" in name else "a100" if "A100" in name else "h100"
+        table = roofline.predict(device)
+    except (SystemExit, Exception):  # noqa: BLE001 - no AOT results or no model: the column stays empty
+        return {}
+    modes = {"upsample_cross_entropy": "full", "upsample_bce": "full"}
+    out = {}
+    for row in table:
+        op = row["op"].split()[0]
+        out[(op, modes.get(op, "fwd"))] = row["predicted_ms"]
+    return out
+
+
+def _roofline_case(case: Case) -> bool:
+    """The shape bench/roofline.py models: N=8, C=19, 512x1024."""
+    return (case["batch"], case["classes"], case["height"], case["width"]) == roofline_shape()
+
+
+def roofline_shape() -> tuple[int, int, int, int]:
+    from segadapt.bench import roofline
+
+    return roofline.BATCH, roofline.CLASSES, roofline.HEIGHT, roofline.WIDTH
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Measure every requested combination, print the table, write the JSON; returns the payload."""
+    """Measure every requested combination, writing the JSON after every row (a cut-off run keeps what it has)."""
     stamp = env_stamp(args.device)
     peak_gbps = device_peak_bandwidth(stamp["device_name"])
+    predicted = _roofline_ms(stamp)
     cases = make_cases(args.cases, args.device, args.precision, args.layout)
-    rows = []
-    for name in _available(args.ops):
-        op = OPS[name]
-        for case in cases:
-            for provider in [provider for provider in args.providers if provider in op.providers]:
-                for mode in [mode for mode in args.modes if mode in op.modes]:
-                    result = measure(name, case, provider, mode, args.warmup, args.rep, peak_gbps)
-                    rows.append(result.row())
-    columns = ["name", "case", "provider", "mode", "median_ms", "p20_ms", "p80_ms", "gbps", "percent_of_peak"]
-    print(markdown_table(rows, [*columns, "peak_memory_mib"]))
+    if args.batches:
+        cases = [case for case in cases if case["batch"] in args.batches]
     payload = {
         **stamp,
         "bench": "kernels",
@@ -295,9 +317,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "peak_bandwidth_gbps": peak_gbps,
         "warmup": args.warmup,
         "rep": args.rep,
-        "results": rows,
+        "results": [],
     }
     out = args.out or result_path("kernels", args.precision, args.layout, stamp["device_name"])
+    rows = payload["results"]
+    for name in _available(args.ops):
+        op = OPS[name]
+        for case in cases:
+            for provider in [provider for provider in args.providers if provider in op.providers]:
+                for mode in [mode for mode in args.modes if mode in op.modes]:
+                    row = measure(name, case, provider, mode, args.warmup, args.rep, peak_gbps).row()
+                    prediction = predicted.get((name, mode)) if _roofline_case(case) else None
+                    row["roofline_ms"] = prediction
+                    row["percent_of_roofline"] = 100 * prediction / row["median_ms"] if prediction else None
+                    rows.append(row)
+                    write_json(out, payload)
+    columns = ["name", "case", "provider", "mode", "median_ms", "p20_ms", "p80_ms", "gbps", "percent_of_peak"]
+    print(markdown_table(rows, [*columns, "percent_of_roofline", "peak_memory_mib"]))
     print(f"wrote {write_json(out, payload)}")
     return payload
 
@@ -324,8 +360,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--layout", default="channels_last", choices=sorted(_LAYOUTS), help="layout of 4-D inputs")
     parser.add_argument("--warmup", type=int, default=5, help="untimed calls before timing")
     parser.add_argument("--rep", type=int, default=50, help="timed calls (CUDA: window of rep x call time)")
+    parser.add_argument("--batches", type=_ints("--batches"), default=None, help="keep only these N, e.g. 8")
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/kernels-...json)")
     return parser.parse_args(argv)
+
+
+def _ints(flag: str) -> Callable[[str], list[int]]:
+    def parse(text: str) -> list[int]:
+        try:
+            return [int(value) for value in text.split(",") if value.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag}: expected comma-separated integers, got {text!r}") from None
+
+    return parse
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -1,0 +1,38 @@
+"""bench/gpu_session.sh --dry-run on CPU: every stage's plumbing runs, and the files it leaves pass the schema check."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "gpu_session.sh"
+
+
+@pytest.mark.slow
+def test_dry_run_runs_every_stage_and_writes_schema_valid_results(tmp_path):
+    env = {key: value for key, value in os.environ.items() if key not in ("TRITON_INTERPRET", "SEGADAPT_KERNELS")}
+    completed = subprocess.run(["bash", str(SCRIPT), "--dry-run", str(tmp_path)], env=env, capture_output=True,
+                               text=True)  # fmt: skip
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-2000:]
+    assert summary == {"stages": 7, "failed": [], "schema_problems": []}
+    stages = [json.loads(line)["stage"] for line in (tmp_path / "stages.jsonl").read_text().splitlines()]
+    # most important first: nothing that needs the GPU's time comes before the tests and the kernel rows
+    assert stages == ["env", "roofline", "gpu-tests", "kernels", "train", "infer", "graph"]
+    kernels = json.loads((tmp_path / "kernels-real.json").read_text())
+    assert {(row["name"], row["provider"]) for row in kernels["results"]} == {
+        (op, provider) for op in ("pseudo_label", "upsample_bce") for provider in ("ref", "triton")
+    }
+    roofline = json.loads((tmp_path / "roofline.json").read_text())
+    assert {row["op"] for row in roofline["results"]} >= {"upsample_cross_entropy fwd+bwd", "pseudo_label"}
+    graph = json.loads((tmp_path / "graph-breaks.json").read_text())["results"][0]
+    # torch._dynamo.explain: one reason per break (the stage keeps the first 50)
+    assert graph["graph_count"] >= 1 and len(graph["break_reasons"]) == min(graph["graph_break_count"], 50)
+    assert "tensorrt" in (tmp_path / "skipped.txt").read_text()
+
+
+def test_usage_error_without_outdir():
+    completed = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True)
+    assert completed.returncode == 2 and "usage: bench/gpu_session.sh [--dry-run] OUTDIR" in completed.stderr
