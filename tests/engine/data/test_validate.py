@@ -145,3 +145,24 @@ def test_a_worker_error_reaches_the_user_as_its_one_line_message(tmp_path):
     assert "\n" not in message and "Traceback" not in message
     assert message.startswith(f"data.source: cannot read image {root / 'images' / '00000.png'}: "), message
     assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    ("array", "mode"),
+    [
+        (np.zeros((3, 5, 3), np.uint8), "RGB"),
+        (np.zeros((3, 5, 4), np.uint8), "RGBA"),
+        (np.zeros((3, 5), np.uint8), "L"),
+        (np.zeros((3, 5), np.uint8), "P"),
+        (np.zeros((3, 5), np.uint8), "LA"),
+        (np.zeros((3, 5), np.uint8), "1"),
+        (np.zeros((3, 5), np.uint16), "I;16"),
+    ],
+)
+def test_png_header_reads_what_pil_opens(tmp_path, array, mode):
+    # the check reads the IHDR chunk itself; PIL's Image.open is the reference for mode and size
+    path = tmp_path / "x.png"
+    image = Image.fromarray(array)
+    (image if image.mode == mode else image.convert(mode)).save(path)
+    with Image.open(path) as reference:
+        assert datasets._png_header(path) == (reference.mode, reference.size)
