@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -110,6 +111,7 @@ class Run:
     step: int = 0
     best: dict = field(default_factory=lambda: {"miou": -1.0, "step": -1})
     history: list = field(default_factory=list)
+    logger: Any = field(default_factory=lambda: NullLogger())
 
 
 def run_dir_for(cfg: Config) -> Path:
@@ -164,22 +166,43 @@ def train_step(run: Run, step: int) -> dict[str, torch.Tensor]:
     return losses
 
 
-def train(cfg: Config, resume: str | None = None, log=print) -> dict:
+def train(cfg: Config, resume: str | None = None, log=print, fresh_if_missing: bool = False) -> dict:
     """Train `cfg` to `schedule.stop_step`; returns the final evaluation (or {} without a val stream).
 
-    Under torchrun every process calls this; only rank 0 writes files, all ranks evaluate their shard of val.
+    Under torchrun every process calls this; only rank 0 writes files (holding the run directory's lock), all ranks
+    evaluate their shard of val.
+
+    Args:
+        resume: None (start at step 0), "auto" (the run directory's latest checkpoint, or the newest one that loads)
+            or a checkpoint path.
+        fresh_if_missing: with resume="auto", start at step 0 when the run directory holds no checkpoint yet (a
+            compare_methods baseline the interrupted job had not reached) instead of stopping.
     """
     world = distributed.init(cfg.train.dist_backend, resolve_device(cfg.train.device).type, cfg.train.dist_timeout_s)
+    lock = checkpoint.RunDirLock(run_dir_for(cfg)) if world.is_main else None  # before anything is written there
+    try:
+        return _train(cfg, world, resume, log, fresh_if_missing)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: Config, world: distributed.World, resume: str | None, log, fresh_if_missing: bool) -> dict:
+    if world.is_main:
+        stale = checkpoint.remove_stale_temps(run_dir_for(cfg))
+        if stale:
+            log(f"removed {len(stale)} temporary file(s) an interrupted write left in {run_dir_for(cfg)}")
     run = build_everything(cfg, world)
     if world.is_main:
-        run.run_dir.mkdir(parents=True, exist_ok=True)
         checkpoint.atomic_write_json(run.run_dir / "config.json", to_dict(cfg))
         write_splits(run)
     if world.distributed:
         log(describe_world(run))
-    if resume is not None:
-        restore(run, resume, log)
-    logger = MetricsLogger(run.run_dir, cfg.train.tensorboard) if world.is_main else NullLogger()
+    state = restore(run, resume, log, fresh_if_missing) if resume is not None else None
+    if world.is_main:
+        kept = state.get("log", {}).get("metrics_lines") if state is not None else 0  # None: cut by step
+        run.logger = MetricsLogger(run.run_dir, cfg.train.tensorboard, resume_step=run.step, keep_lines=kept, log=log)
+    logger = run.logger
     progress = make_progress(cfg, run.step, enabled=world.is_main)
     pending: dict[str, torch.Tensor] = {}
     start = time.perf_counter()
@@ -304,6 +327,7 @@ def save_checkpoint(run: Run) -> Path | None:
         "scaler": run.ctx.scaler.state_dict(),
         "streams": run.streams.state_dict(),
         "rng": rng_state(),
+        "log": {"metrics_lines": run.logger.lines},  # what a resume from here keeps of metrics.jsonl
         **meta(run),
     }
     directory = run.run_dir / "checkpoints"
@@ -326,11 +350,21 @@ def rng_state() -> dict:
     return state
 
 
-def restore(run: Run, resume: str, log) -> None:
-    path = Path(resume) if resume not in ("", "auto") else checkpoint.latest(run.run_dir / "checkpoints")
-    if path is None:
-        raise ValueError(f"--resume: no checkpoint recorded in {run.run_dir / 'checkpoints' / 'latest'}")
-    state = checkpoint.load(path, map_location=run.device)
+def restore(run: Run, resume: str, log, fresh_if_missing: bool = False) -> dict | None:
+    """Load a checkpoint into `run` (resume = "auto" or "" for the run directory's newest loadable one, else a path);
+    returns its contents, or None when fresh_if_missing and the run directory holds no checkpoint."""
+    if resume in ("", "auto"):
+        directory = run.run_dir / "checkpoints"
+        found = checkpoint.load_latest(directory, map_location=run.device, log=log)
+        if found is None and fresh_if_missing:
+            log(f"resume: no checkpoint in {directory} yet; {run.cfg.method.name} starts at step 0")
+            return None
+        if found is None:
+            raise ValueError(f"--resume: no checkpoint in {directory}; start without --resume")
+        path, state = found
+    else:
+        path = Path(resume)
+        state = checkpoint.load(path, map_location=run.device)
     checkpoint.check_resumable(state, path, to_dict(run.cfg))
     models = state["models"]
     extra = {k: v for k, v in models["extra"].items() if not k.startswith("net.")}  # older files duplicated net.*
@@ -345,11 +379,14 @@ def restore(run: Run, resume: str, log) -> None:
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     run.step, run.best = state["step"], state["best"]
     log(f"resumed from {path} at step {run.step}")
+    return state
 
 
 # ---------------------------------------------------------------------------------------------------- reporting
 class NullLogger:
     """What ranks other than 0 log to: nothing."""
+
+    lines = 0
 
     def write(self, record: dict) -> None:
         """Drop the record."""
@@ -359,19 +396,30 @@ class NullLogger:
 
 
 class MetricsLogger:
-    """metrics.jsonl (one JSON object a line, flushed) plus optional TensorBoard event files."""
+    """metrics.jsonl (one JSON object a line, flushed) plus optional TensorBoard event files.
 
-    def __init__(self, run_dir: Path, tensorboard: bool):
-        self.handle = open(run_dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
+    The log continues where the run's state is: a fresh run starts an empty file, a resumed one keeps the first
+    `keep_lines` records (the count its checkpoint saved; else every record up to `resume_step`) and drops what the
+    interrupted run logged after its checkpoint and a line torn by the kill, so no step appears twice. TensorBoard
+    gets the same cut through `purge_step`.
+    """
+
+    def __init__(self, run_dir: Path, tensorboard: bool, resume_step: int = 0, keep_lines: int | None = 0,
+                 log=print) -> None:  # fmt: skip
+        path = run_dir / "metrics.jsonl"
+        self.lines = truncate_metrics(path, resume_step, keep_lines, log)
+        self.handle = open(path, "a")  # noqa: SIM115 - closed in close()
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(run_dir / "tb"))
+            # Events of steps after the checkpoint (written before the kill) are hidden by TensorBoard's reader.
+            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step + 1 if resume_step else 0)
 
     def write(self, record: dict) -> None:
         self.handle.write(json.dumps(record) + "\n")
         self.handle.flush()
+        self.lines += 1
         if self.writer is None:
             return
         for key, value in record.items():
@@ -382,6 +430,39 @@ class MetricsLogger:
         self.handle.close()
         if self.writer is not None:
             self.writer.close()
+
+
+def truncate_metrics(path: Path, step: int, keep_lines: int | None, log=print) -> int:
+    """Cut metrics.jsonl to what a run continuing from `step` has logged; returns the records kept.
+
+    Keeps the first `keep_lines` complete records when given (0: a fresh run), else the records with step <= `step`;
+    in both cases it stops at the first line that is not a JSON object (a line torn by a kill). Rewritten
+    atomically, so a kill here loses nothing.
+    """
+    if not path.is_file():
+        return 0
+    data = path.read_bytes()
+    kept: list[bytes] = []
+    for line in data.split(b"\n")[:-1]:  # the part after the last newline is a torn record (or empty)
+        try:
+            record = json.loads(line)
+        except ValueError:
+            break
+        if not isinstance(record, dict) or (keep_lines is not None and len(kept) >= keep_lines):
+            break
+        if keep_lines is None and not record.get("step", 0) <= step:
+            break
+        kept.append(line + b"\n")
+    text = b"".join(kept)
+    if text != data:
+        checkpoint.atomic_write_bytes(path, lambda handle: handle.write(text))
+        dropped = data.count(b"\n") - len(kept) + (not data.endswith(b"\n") and bool(data))
+        if keep_lines == 0:
+            log(f"{path}: a run starting at step 0 starts a new log; dropped {dropped} line(s) of an earlier run")
+        else:
+            log(f"{path}: kept {len(kept)} record(s) up to the checkpoint of step {step}, dropped {dropped} line(s) "
+                "logged after it")  # fmt: skip
+    return len(kept)
 
 
 def make_progress(cfg: Config, start: int, enabled: bool = True):
