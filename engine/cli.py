@@ -201,24 +201,39 @@ def _parse_size(text: str) -> tuple[int, int]:
 def cmd_train(args) -> int:
     from segadapt import distributed
     from segadapt.evaluate import format_table
+    from segadapt.train import run_dir_for
     from segadapt.train import train
 
     cfg = config_module.load(args.recipe, args.overrides)
     check_datasets(cfg)
-    results = {cfg.method.name: train(cfg, resume=args.resume)}
-    for name in cfg.train.compare_methods:
-        results[name] = train(config_module.replace(cfg, method=baseline_section(cfg, name)))
-    distributed.shutdown()  # on success only: after a failure torchrun tears the job down
-    if not distributed.env_world().is_main:
-        return 0  # rank 0 prints the table
-    finals = {name: r["last"] for name, r in results.items() if r.get("last")}
-    if finals:
-        print(format_table(finals, cfg.model.num_classes))
-        for name, r in results.items():
-            print(
-                f"{name}: last mIoU {r['last']['miou']:.2f} at step {r['steps']}, "
-                f"best {r['best']['miou']:.2f} at step {r['best']['step']}"
+    baselines = {
+        name: config_module.replace(cfg, method=baseline_section(cfg, name)) for name in cfg.train.compare_methods
+    }
+    for name, baseline in baselines.items():
+        if run_dir_for(baseline) == run_dir_for(cfg):
+            raise ConfigError(
+                f"train.run_dir = {cfg.train.run_dir!r} gives {cfg.method.name} and its baseline {name} the same "
+                "directory; put {method} in it, e.g. runs/{recipe}/{method}"
             )
+    results = {cfg.method.name: train(cfg, resume=args.resume)}
+    for name, baseline in baselines.items():
+        # --resume continues every method from its own latest checkpoint (a path given names the main method's);
+        # a baseline the interrupted job had not reached starts at step 0.
+        resume = None if args.resume is None else "auto"
+        results[name] = train(baseline, resume=resume, fresh_if_missing=True)
+    world = distributed.env_world()
+    distributed.shutdown()  # on success only: after a failure torchrun tears the job down
+    if world.is_main:  # rank 0 prints the table
+        finals = {name: r["last"] for name, r in results.items() if r.get("last")}
+        if finals:
+            print(format_table(finals, cfg.model.num_classes))
+            for name, r in results.items():
+                print(
+                    f"{name}: last mIoU {r['last']['miou']:.2f} at step {r['steps']}, "
+                    f"best {r['best']['miou']:.2f} at step {r['best']['step']}"
+                )
+    if world.distributed:
+        distributed.exit_process(0)  # every file is closed; see distributed.shutdown for why not return
     return 0
 
 

@@ -6,7 +6,9 @@ unconditionally. Collectives never read values back to the host.
 
 from __future__ import annotations
 
+import gc
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -109,9 +111,26 @@ def init(backend: str = "auto", device_type: str = "cpu", timeout_s: float = 180
 
 
 def shutdown() -> None:
-    """Leave the process group (end of a torchrun job); a no-op in a single process."""
+    """Leave the process group (end of a torchrun job); a no-op in a single process.
+
+    Every rank waits for the others first, so none tears down its side while a peer is still in a collective.
+    Note: with torch 2.13 a process that ever built a DistributedDataParallel keeps the gloo process group's threads
+    (gloo_tcp_loop, pt_gloo_runloop) running after destroy_process_group (measured: they stay even after the module
+    is deleted and collected; without DDP they end). They then race the interpreter's teardown, which aborted a rank
+    of a finished job under load ("terminate called without an active exception"); `exit_process` ends the job.
+    """
     if is_initialized():
+        dist.barrier()
+        gc.collect()  # modules that reference the group (DDP) go before it
         dist.destroy_process_group()
+
+
+def exit_process(code: int) -> None:
+    """End a torchrun worker after `shutdown`: flush the streams and leave without running C++ static destructors,
+    which the threads torch leaves behind (see `shutdown`) may still be using."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def barrier() -> None:

@@ -3,6 +3,7 @@ what every rank ended with, so the test can compare ranks with each other and wi
 
 Usage: python -m torch.distributed.run --nproc-per-node N tests/engine/ddp_worker.py CONFIG.json STEPS OUT.pt
 CONFIG.json is one config tree, or {"methods": {name: tree}} for one step of each (STEPS is then ignored).
+`ddp_worker.py --cli ARGS...` runs `segadapt ARGS...` and fails if a process-group thread outlives it.
 Environment: FAIL_RANK=r raises a RuntimeError on rank r at step 1; NAN_RANK=r makes rank r's losses NaN.
 """
 
@@ -47,7 +48,23 @@ def one_step_each(trees: dict[str, dict], out: str) -> None:
         torch.save(results, out)
 
 
+def cli_then_check_threads(argv: list[str]) -> None:
+    """`segadapt train` as torchrun runs it; should the CLI return, a thread of the process group still running here
+    has outlived the job and will race the interpreter's teardown (a rank aborted that way under load)."""
+    from segadapt.cli import main as cli_main
+
+    code = cli_main(argv)
+    tasks = [open(f"/proc/self/task/{task}/comm").read().strip() for task in os.listdir("/proc/self/task")]
+    alive = sorted(name for name in tasks if "gloo" in name)
+    if alive:
+        print(f"rank {os.environ.get('RANK')}: process-group threads outlive the job: {alive}", flush=True)
+        sys.exit(1)
+    sys.exit(code)
+
+
 def main() -> None:
+    if sys.argv[1] == "--cli":
+        cli_then_check_threads(sys.argv[2:])
     cfg_path, steps, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     tree = json.loads(open(cfg_path).read())
     if "methods" in tree:

@@ -191,6 +191,18 @@ def test_torchrun_runs_the_cli_and_only_rank_0_writes(synth, tmp_path):
     assert result.stdout.count("adaptsegnet: last mIoU") == 1  # the table is printed once, by rank 0
 
 
+def test_a_finished_torchrun_job_leaves_no_process_group_thread_behind(synth, tmp_path):
+    """Issue 19 point 8: after training, a rank aborted at exit ("terminate called without an active exception")
+    because gloo's threads, kept alive by DDP past destroy_process_group, raced the interpreter's teardown."""
+    tree = _tree(synth, tmp_path / "run" / "{method}", "adaptsegnet", steps=2)
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(_toml(tree))
+    result = _torchrun([str(WORKER), "--cli", "train", str(recipe)])
+    assert "outlive the job" not in result.stdout, result.stdout[-2000:]
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert json.loads((tmp_path / "run" / "adaptsegnet" / "results.json").read_text())["steps"] == 2
+
+
 def test_checkpoint_from_two_ranks_resumes_on_one(synth, tmp_path):
     tree = _tree(synth, tmp_path / "run", "adaptsegnet", steps=2)
     cfg_path = tmp_path / "two.json"
