@@ -159,8 +159,10 @@ LSD = {
     "schedule.policy": "step",
     "schedule.gamma": 0.1,
     "schedule.step_size": 8 * _LSD_EPOCH,
-    # schedule.total_steps left to the LSD-seg work: --num_iters 100000, but train() runs whole epochs up to
-    # ceil(100000 / 2975) = 34 of them and checks the count only between epochs (trainer_LSD.py:354-364).
+    # trainer_LSD.py:354: max_epoch = int(math.ceil(self.max_iter / min(len(loaders)))), integer division under the
+    # official Python 2, so ceil(33) = 33 epochs of 2975: 98,175 iterations; --num_iters 100000 is never reached.
+    "schedule.total_steps": 33 * _LSD_EPOCH,
+    "schedule.stop_step": 33 * _LSD_EPOCH,
 }
 
 OFFICIAL: dict[str, dict] = {
