@@ -18,8 +18,8 @@ P*4 bytes of log-sum-exp; backward reads the labels and log-sum-exp again and sc
 accumulator. The reference writes and reads the P*C*4-byte upsampled logits, their log-softmax and the gradient
 of both, i.e. roughly 6*P*C*4 bytes and 2*P*C*4 bytes of peak memory.
 
-Layout of the work: one output pixel per lane, the C classes in a compile-time loop with a one-exponential online
-log-sum-exp, so every per-pixel instruction runs once per pixel (the class-across-lanes layout ran each one 32
+Layout of the work: one output pixel per lane, the C classes in compile-time loops (max, then 8 interleaved partial
+sums of exp), so every per-pixel instruction runs once per pixel (the class-across-lanes layout ran each one 32
 times and reduced across lanes per pixel). Gradient scatter uses relaxed fp32 atomic adds (plain RED in SASS; the
 default acq_rel wrapped each in a GPU-wide fence and an L1 invalidate): the summation order of the up-to-(4 *
 scale^2) contributions to one source logit is not fixed, so gradients are not bitwise deterministic run to run
@@ -44,7 +44,6 @@ from segadapt.kernels._launch import bilinear_footprint
 from segadapt.kernels._launch import bilinear_gather
 from segadapt.kernels._launch import bilinear_scale
 from segadapt.kernels._launch import launch
-from segadapt.kernels._launch import online_lse_update
 from segadapt.kernels._launch import pixel_stride
 from segadapt.kernels._launch import pixel_tile
 from segadapt.kernels._launch import tuned
@@ -121,14 +120,42 @@ def _upsample_cross_entropy_fwd_kernel(
     valid = mask_p & (label != ignore_index)
 
     base = logits_ptr + n * stride_n
-    # Online log-sum-exp over the classes, started from class 0 so no -inf ever enters the arithmetic.
+    # Two passes over the classes, the logits re-read from L1: the max, then the sum of exp(z - max) into 8
+    # interleaved partial sums combined pairwise. The partials break the add dependency chain, and the order is
+    # NumPy's pairwise reduction (what the interpreter's tl.sum over a class block did), so results keep their bits.
     running_max = bilinear_gather(base, pixels, lam, stride_p, mask_p)
-    running_sum = tl.full([BLOCK_P], 1.0, tl.float32)
     label_logit = tl.where(label == 0, running_max, 0.0)
     for c in tl.static_range(1, C):
         z = bilinear_gather(base + c * stride_c, pixels, lam, stride_p, mask_p)
-        running_max, running_sum = online_lse_update(running_max, running_sum, z)
+        running_max = tl.maximum(running_max, z)
         label_logit = tl.where(label == c, z, label_logit)
+    s0 = tl.zeros([BLOCK_P], tl.float32)
+    s1 = tl.zeros([BLOCK_P], tl.float32)
+    s2 = tl.zeros([BLOCK_P], tl.float32)
+    s3 = tl.zeros([BLOCK_P], tl.float32)
+    s4 = tl.zeros([BLOCK_P], tl.float32)
+    s5 = tl.zeros([BLOCK_P], tl.float32)
+    s6 = tl.zeros([BLOCK_P], tl.float32)
+    s7 = tl.zeros([BLOCK_P], tl.float32)
+    for c in tl.static_range(C):
+        e = tl.exp(bilinear_gather(base + c * stride_c, pixels, lam, stride_p, mask_p) - running_max)
+        if c % 8 == 0:
+            s0 += e
+        elif c % 8 == 1:
+            s1 += e
+        elif c % 8 == 2:
+            s2 += e
+        elif c % 8 == 3:
+            s3 += e
+        elif c % 8 == 4:
+            s4 += e
+        elif c % 8 == 5:
+            s5 += e
+        elif c % 8 == 6:
+            s6 += e
+        else:
+            s7 += e
+    running_sum = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
     lse = running_max + tl.log(running_sum)
     loss = tl.where(valid, lse - label_logit, 0.0)
     if STORE_LSE:
@@ -195,7 +222,9 @@ def _upsample_cross_entropy_bwd_kernel(
 
 # One pixel per lane: BLOCK_P = 32 * num_warps * (pixels per lane).
 _CONFIGS = [triton.Config({"BLOCK_P": block_p}, num_warps=warps) for block_p, warps in ((128, 4), (256, 8), (512, 8))]
-_FIXED_CONFIG = triton.Config({"BLOCK_P": 512}, num_warps=8)
+# The interpreter's config: 256 pixels per program, as before the one-pixel-per-lane redesign, so that the
+# gradient's atomic adds reach each source logit in the same order and the 10-step parity test's losses keep their bits.
+_FIXED_CONFIG = triton.Config({"BLOCK_P": 256}, num_warps=4)
 # Partial slots depend on BLOCK_P: zero them between autotune trials so no config's leftovers are summed.
 _FWD = tuned(_upsample_cross_entropy_fwd_kernel, _CONFIGS, _FIXED_CONFIG, ["C", "out_w"],
              ["loss_partial_ptr", "count_partial_ptr"])  # fmt: skip
