@@ -15,6 +15,11 @@ discriminator targets) and U2PL (teacher pseudo-labels). No gradient: pseudo-lab
 Traffic: reads N*C*H*W logits once (+ N*H*W*(4 + 1) bytes of mask and ignore when given); writes N*H*W*(8 + 4)
 bytes, plus N*C*H*W*4 bytes of one-hot when asked. The reference makes a full softmax tensor, a max, a where and a
 one_hot/permute copy: several full-size reads and writes.
+
+Ahead of time (bench aot, sm_90, 8x19x512x1024 bf16 channels-last): ~10.4 warp instructions per pixel (16.2 for
+AdvSemiSeg's 21-class fp32 NCHW variant with score and one-hot), the one-hot kernel 3.5; one pixel per lane,
+classes in a loop, no spill. Bytes ~214 MB fused against ~1.08 GB eager. Predicted H100: ~0.06 ms, byte-bound,
+~5x eager at its byte floor (one-hot ~0.1 ms, ~6x).
 """
 
 from __future__ import annotations
