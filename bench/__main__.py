@@ -1,4 +1,5 @@
-"""`python -m segadapt.bench {kernels,loader,infer,train,aot,roofline} [...]` runs a benchmark; `python -m segadapt.bench report` renders results.
+"""`python -m segadapt.bench {kernels,loader,infer,train,aot,roofline} [...]` runs a benchmark;
+`python -m segadapt.bench report` renders results.
 
 `report` reads every JSON in bench/results/ and writes one markdown page, bench/results/REPORT.md (a section per
 result file: device, versions, window and its table), plus bench/results/train_speedup.png, a bar chart of each
