@@ -157,7 +157,8 @@ def test_resume_continues_the_same_sequence(gta5_root):
     interrupted = _loader(gta5_root, workers=1)
     _take(interrupted, 4)  # 3 batches per epoch: stops inside epoch 1, with batches prefetched beyond
     state = interrupted.state_dict()
-    assert state == {"epoch": 1, "position": 1}
+    assert {k: state[k] for k in ("epoch", "position")} == {"epoch": 1, "position": 1}
+    assert state["generator"].dtype == torch.uint8  # the loader's own RNG travels with it (issue 19.1)
     interrupted.close()
     resumed = _loader(gta5_root)
     resumed.load_state_dict(state)
@@ -224,7 +225,11 @@ def test_streams_torch_synthetic_and_errors(gta5_root):
     streams = Streams(data, ["source"], seed=1)
     batch = streams.next("source")
     assert batch["image"].shape == (2, 3, 16, 32) and batch["image"].is_contiguous(memory_format=torch.channels_last)
-    assert streams.state_dict() == {"source": {"epoch": 0, "position": 1}}
+    state = streams.state_dict()
+    assert list(state) == ["source"] and {k: state["source"][k] for k in ("epoch", "position")} == {
+        "epoch": 0,
+        "position": 1,
+    }
     with pytest.raises(ValueError, match=r"data\.target\.dataset"):
         Streams(data, ["source", "target"], seed=1)
     synthetic = Streams(dataclasses.replace(data, loader="synthetic"), ["source"], seed=1)
