@@ -41,12 +41,12 @@ from typing import Any
 
 import torch
 
+from segadapt import config as config_module
 from segadapt.bench.common import RESULTS_DIR
 from segadapt.bench.common import check_counts
 from segadapt.bench.common import env_stamp
 from segadapt.bench.common import markdown_table
 from segadapt.bench.common import write_json
-from segadapt import config as config_module
 from segadapt.config import Config
 
 CACHE = Path(__file__).resolve().parent.parent / "runs" / "bench-data"

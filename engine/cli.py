@@ -103,8 +103,7 @@ def version_text() -> str:
         torch_text, cuda_text = "not installed", "unknown"
     dali = dist_version("nvidia-dali-cuda120", "nvidia-dali-cuda110", "nvidia-dali-cuda130")
     return (
-        f"segadapt {__version__} (torch {torch_text}, CUDA {cuda_text}, triton {dist_version('triton')}, "
-        f"DALI {dali})"
+        f"segadapt {__version__} (torch {torch_text}, CUDA {cuda_text}, triton {dist_version('triton')}, DALI {dali})"
     )
 
 

@@ -192,7 +192,7 @@ class Data:
     unlabeled: Stream = field(default_factory=Stream)
     """Unlabelled stream (semi-supervised)."""
     labeled_real: Stream = field(default_factory=Stream)
-    """Labelled stream of D's "real" one-hot maps (AdvSemiSeg with method.d_real_stream; the official trainloader_gt)."""
+    """Labelled stream of D's "real" one-hot maps (AdvSemiSeg, method.d_real_stream; the official trainloader_gt)."""
     val: Stream = field(default_factory=Stream)
     """Validation stream used by periodic and final evaluation."""
     synthshift: Synthshift = field(default_factory=Synthshift)

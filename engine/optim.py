@@ -22,7 +22,6 @@ from torch import nn
 from segadapt.config import Schedule
 from segadapt.methods.base import OptimizerSpec
 
-
 OFFICIAL_BACKBONE_BLOCKS = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
 
 

@@ -408,6 +408,7 @@ class MetricsLogger:
                  log=print) -> None:  # fmt: skip
         path = run_dir / "metrics.jsonl"
         self.lines = truncate_metrics(path, resume_step, keep_lines, log)
+        self.path = path
         self.handle = open(path, "a")  # noqa: SIM115 - closed in close()
         self.writer = None
         if tensorboard:
@@ -417,8 +418,11 @@ class MetricsLogger:
             self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step + 1 if resume_step else 0)
 
     def write(self, record: dict) -> None:
-        self.handle.write(json.dumps(record) + "\n")
-        self.handle.flush()
+        try:
+            self.handle.write(json.dumps(record) + "\n")
+            self.handle.flush()
+        except OSError as error:  # a full disk: name the file, the CLI prints it as one line
+            raise OSError(error.errno, error.strerror, str(self.path)) from None
         self.lines += 1
         if self.writer is None:
             return

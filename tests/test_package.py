@@ -66,13 +66,25 @@ def test_installed_wheel_runs_the_cli_outside_the_checkout(dists, tmp_path):
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=tmp_path)
     python = venv / "bin" / "python"
-    site = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], tmp_path).stdout.strip())
+    site = Path(
+        _run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], tmp_path).stdout.strip()
+    )
     # The project's dependencies from this environment, after the new venv's own site-packages; a .pth line only
     # appends the directory, so this environment's editable-install hook (another .pth) is not run there.
     (site / "zz_segadapt_test_deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
     _run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet", "--no-deps", "--ignore-installed",
-         str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--ignore-installed",
+            str(wheel),
+        ],
         cwd=tmp_path,
     )
     work = tmp_path / "user"

@@ -64,6 +64,9 @@ from torch import nn
 from segadapt.config import AdvSemiSeg as AdvSemiSegConfig
 from segadapt.config import Config
 from segadapt.config import Optim
+from segadapt.kernels.pseudo_label import one_hot_labels
+from segadapt.kernels.pseudo_label import pseudo_label
+from segadapt.kernels.upsample_bce import upsample_bce
 from segadapt.methods.base import Method
 from segadapt.methods.base import OptimizerSpec
 from segadapt.methods.base import StepContext
@@ -72,9 +75,6 @@ from segadapt.methods.base import segmenter_optimizer
 from segadapt.methods.losses import seg_loss
 from segadapt.methods.losses import upsample
 from segadapt.models import build_discriminator
-from segadapt.kernels.pseudo_label import one_hot_labels
-from segadapt.kernels.pseudo_label import pseudo_label
-from segadapt.kernels.upsample_bce import upsample_bce
 
 IGNORE = 255
 
@@ -182,7 +182,12 @@ class AdvSemiSeg(Method):
         return pred.detach()
 
     def _discriminator_step(
-        self, pred: Tensor, label: Tensor, remain: Tensor | None, real_label: Tensor, ctx: StepContext,
+        self,
+        pred: Tensor,
+        label: Tensor,
+        remain: Tensor | None,
+        real_label: Tensor,
+        ctx: StepContext,
         losses: dict[str, Tensor],
     ) -> None:
         """Step 3: D on fake (pred, + remain) and real (one-hot real_label) maps, each BCE halved and backpropagated."""

@@ -368,4 +368,6 @@ def build(model: nn.Module, cfg: Config) -> Method:
         return Colorization(model, cfg.method, cfg.data)
     if cfg.method.name == "mixmatch":
         return MixMatch(model, cfg.method)
-    raise ValueError(f"method.name = {cfg.method.name!r}: segadapt.methods.mixmatch builds 'colorization' or 'mixmatch'")
+    raise ValueError(
+        f"method.name = {cfg.method.name!r}: segadapt.methods.mixmatch builds 'colorization' or 'mixmatch'"
+    )

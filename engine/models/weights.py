@@ -262,6 +262,7 @@ def _plan(
 
 def _single_classifier_layout(state: Mapping[str, Tensor], own: Mapping[str, Tensor]) -> bool:
     """The official AdvSemiSeg Res_Deeplab file (classifier `layer5`) for a single-level model (classifier `layer6`)."""
+
     def has(keys, prefix):
         return any(key.startswith(prefix) for key in keys)
 

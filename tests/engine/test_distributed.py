@@ -60,8 +60,15 @@ def _tree(synth, run_dir, method="adaptsegnet", steps=3, batch=4) -> dict:
         "method": method_section,
         "optim": {"lr": 0.01},
         "schedule": {"total_steps": 10, "stop_step": steps},
-        "train": {"run_dir": str(run_dir), "device": "cpu", "precision": "fp32", "log_every": 1,
-                  "checkpoint_every": steps, "progress": False, "tensorboard": False},  # fmt: skip
+        "train": {
+            "run_dir": str(run_dir),
+            "device": "cpu",
+            "precision": "fp32",
+            "log_every": 1,
+            "checkpoint_every": steps,
+            "progress": False,
+            "tensorboard": False,
+        },  # fmt: skip
         "eval": {"input_size": [64, 32], "save_predictions": 0},
     }
 
@@ -139,8 +146,11 @@ def _every_method(synth, run_dir) -> dict[str, dict]:
                      "candidates_per_image": 16},
         "u2pl": {"name": "u2pl", "num_queries": 4, "num_negatives": 3, "queue_length": 64},
     }  # fmt: skip
-    models = {"u2pl": {"name": "deeplabv3plus", "backbone": "resnet18", "width": 4},
-              "colorization": {"name": "hypercolumn", "width": 4}, "mixmatch": {"name": "hypercolumn", "width": 4}}
+    models = {
+        "u2pl": {"name": "deeplabv3plus", "backbone": "resnet18", "width": 4},
+        "colorization": {"name": "hypercolumn", "width": 4},
+        "mixmatch": {"name": "hypercolumn", "width": 4},
+    }
     trees = {}
     for name in sorted(METHODS):
         tree = _tree(synth, run_dir / name, name)

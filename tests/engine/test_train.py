@@ -125,3 +125,28 @@ def test_non_finite_loss_stops_with_name_and_step_and_keeps_last_good_checkpoint
         train(_cfg(synth, tmp_path, 6, method="sourceonly"))
     assert checkpoint.latest(tmp_path / "checkpoints").name == "step_0000003.pt"
     assert checkpoint.load(checkpoint.latest(tmp_path / "checkpoints"))["step"] == 3
+
+
+def test_a_full_disk_on_the_metrics_log_names_the_file(tmp_path):
+    """ENOSPC while appending to metrics.jsonl reaches the CLI's one-line OSError handler with the file named."""
+    import errno
+
+    from segadapt.train import MetricsLogger
+
+    class FullDisk:
+        def write(self, _text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+
+    logger = MetricsLogger(tmp_path, tensorboard=False)
+    logger.handle.close()
+    logger.handle = FullDisk()
+    with pytest.raises(OSError) as caught:
+        logger.write({"kind": "train", "step": 1})
+    assert caught.value.filename == str(tmp_path / "metrics.jsonl") and caught.value.errno == errno.ENOSPC
+    assert logger.lines == 0

@@ -82,7 +82,9 @@ def test_label_ids_outside_the_protocol_are_reported_on_a_sample_or_all(tmp_path
     assert sampled.ids_checked == 3 and sampled.unknown_ids == [] and not sampled.problems
     full = validate_tree(root, "gta5", all_ids=True)
     assert full.ids_checked == 10
-    assert full.unknown_ids == [f"{root / 'labels' / '00007.png'}: ids [250] are outside the gta5 protocol (read as 255)"]
+    assert full.unknown_ids == [
+        f"{root / 'labels' / '00007.png'}: ids [250] are outside the gta5 protocol (read as 255)"
+    ]
 
 
 def test_result_is_cached_until_a_file_changes_size_or_mtime(tmp_path):
