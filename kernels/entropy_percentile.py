@@ -146,7 +146,9 @@ def _entropy_fwd_kernel(
 
 
 _CONFIGS = [triton.Config({"BLOCK_P": block}, num_warps=warps) for block, warps in ((128, 4), (256, 8), (512, 8))]
-_ENTROPY = tuned(_entropy_fwd_kernel, _CONFIGS, triton.Config({"BLOCK_P": 512}, num_warps=8), ["C"])
+# Under the CPU interpreter a 4096-pixel tile (one pixel per lane, so the same per-pixel results; see `tuned`).
+_ENTROPY = tuned(_entropy_fwd_kernel, _CONFIGS, triton.Config({"BLOCK_P": 512}, num_warps=8), ["C"],
+                 interpret=triton.Config({"BLOCK_P": 4096}, num_warps=8))  # fmt: skip
 
 
 @triton.jit

@@ -166,8 +166,9 @@ def _one_hot_fwd_kernel(
 
 _CONFIGS = [triton.Config({"BLOCK_P": block}, num_warps=warps) for block, warps in ((128, 4), (256, 8), (512, 8))]
 _FIXED_CONFIG = triton.Config({"BLOCK_P": 512}, num_warps=8)
-_PSEUDO_LABEL = tuned(_pseudo_label_fwd_kernel, _CONFIGS, _FIXED_CONFIG, ["C"])
-_ONE_HOT = tuned(_one_hot_fwd_kernel, _CONFIGS, _FIXED_CONFIG, ["C"])
+_INTERPRET_CONFIG = triton.Config({"BLOCK_P": 4096}, num_warps=8)  # CPU interpreter only: per-pixel results alike
+_PSEUDO_LABEL = tuned(_pseudo_label_fwd_kernel, _CONFIGS, _FIXED_CONFIG, ["C"], interpret=_INTERPRET_CONFIG)
+_ONE_HOT = tuned(_one_hot_fwd_kernel, _CONFIGS, _FIXED_CONFIG, ["C"], interpret=_INTERPRET_CONFIG)
 
 
 def _grid(batch: int, num_pixels: int):

@@ -233,10 +233,12 @@ _CONFIGS = [triton.Config({"BLOCK_P": block_p}, num_warps=warps) for block_p, wa
 # The interpreter's config: 256 pixels per program, as before the one-pixel-per-lane redesign, so that the
 # gradient's atomic adds reach each source logit in the same order and the 10-step parity test's losses keep their bits.
 _FIXED_CONFIG = triton.Config({"BLOCK_P": 256}, num_warps=4)
+_INTERPRET_CONFIG = triton.Config({"BLOCK_P": 4096}, num_warps=4)  # CPU interpreter only (see `tuned`)
 # Partial slots depend on BLOCK_P: zero them between autotune trials so no config's leftovers are summed.
 _FWD = tuned(_upsample_cross_entropy_fwd_kernel, _CONFIGS, _FIXED_CONFIG, ["C", "out_w"],
-             ["loss_partial_ptr", "count_partial_ptr"])  # fmt: skip
-_BWD = tuned(_upsample_cross_entropy_bwd_kernel, _CONFIGS, _FIXED_CONFIG, ["C", "out_w"], ["grad_ptr"])
+             ["loss_partial_ptr", "count_partial_ptr"], interpret=_INTERPRET_CONFIG)  # fmt: skip
+_BWD = tuned(_upsample_cross_entropy_bwd_kernel, _CONFIGS, _FIXED_CONFIG, ["C", "out_w"], ["grad_ptr"],
+             interpret=_INTERPRET_CONFIG)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------- launchers
