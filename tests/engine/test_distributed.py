@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_methods
 import torch
 from PIL import Image
 
@@ -138,19 +139,7 @@ def _every_method(synth, run_dir) -> dict[str, dict]:
     from segadapt.methods import METHODS
 
     split = {"dataset": "cityscapes", "root": str(synth / "cityscapes"), "batch_size": 4, "split_seed": 0}
-    sections = {
-        "supervised": {"name": "supervised", "stream": "labeled"},
-        "advsemiseg": {"name": "advsemiseg", "semi_start": 0, "d_width": 8},
-        "lsdseg": {"name": "lsdseg", "d_width": 8, "g_width": 4},
-        "mixmatch": {"name": "mixmatch", "side_range": [8, 24], "output_size": 16, "patches_per_image": 3,
-                     "candidates_per_image": 16},
-        "u2pl": {"name": "u2pl", "num_queries": 4, "num_negatives": 3, "queue_length": 64},
-    }  # fmt: skip
-    models = {
-        "u2pl": {"name": "deeplabv3plus", "backbone": "resnet18", "width": 4},
-        "colorization": {"name": "hypercolumn", "width": 4},
-        "mixmatch": {"name": "hypercolumn", "width": 4},
-    }
+    sections, models = tiny_methods.SECTIONS, tiny_methods.MODELS
     trees = {}
     for name in sorted(METHODS):
         tree = _tree(synth, run_dir / name, name)

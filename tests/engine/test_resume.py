@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import pytest
+import tiny_methods
 import torch
 
 from segadapt import checkpoint
@@ -31,18 +32,9 @@ def _tree(synth, run_dir, method: str = "sourceonly", loader: str = "torch", sto
     split = {"dataset": "cityscapes", "root": str(synth / "cityscapes"), "batch_size": 2, "split_seed": 0, "flip": True}
     sections = {
         "adaptsegnet": {"name": "adaptsegnet", "lambda_adv_target1": 0.01, "lambda_adv_target2": 0.02},
-        "supervised": {"name": "supervised", "stream": "labeled"},
-        "advsemiseg": {"name": "advsemiseg", "semi_start": 0, "d_width": 8},
-        "lsdseg": {"name": "lsdseg", "d_width": 8, "g_width": 4},
-        "mixmatch": {"name": "mixmatch", "side_range": [8, 24], "output_size": 16, "patches_per_image": 3,
-                     "candidates_per_image": 16},
-        "u2pl": {"name": "u2pl", "num_queries": 4, "num_negatives": 3, "queue_length": 64},
-    }  # fmt: skip
-    models = {
-        "u2pl": {"name": "deeplabv3plus", "backbone": "resnet18", "width": 4},
-        "colorization": {"name": "hypercolumn", "width": 4},
-        "mixmatch": {"name": "hypercolumn", "width": 4},
+        **tiny_methods.SECTIONS,
     }
+    models = tiny_methods.MODELS
     return {
         "model": {"name": "toy", "width": 4, "channels_last": True, "compile": "off", **models.get(method, {})},
         "data": {
