@@ -61,6 +61,14 @@ Quirks (official code @ 25ea4ce under its Python 2 / PyTorch 0.2; "on" = what th
 | G's skip concats assume sizes that match (640x320, 1024x512)        | 1-px ceil-mode excess cropped, other sizes   |
 |                                                                     | bilinearly resized (never for those sizes)   |
 
+Beside the official loop (issue 17's parity script, 2 iterations, same weights and inputs, dropout off, both loops
+also run in float64: official main() with its nets `.double()` under float64 default dtype, this method
+`.double()`): the float64 gradients of D, G and F agree to 1.9e-7 (134 tensors). In float32 a few tensors differ by up
+to 1e-2 from either side, and that is float32 rounding of ill-conditioned sums, not semantics: measured against the
+float64 answer, the official float32 run is as far or further off on the tensors the parity script flags (D
+feature.8 conv, iteration 0: official 3.5e-3, here 2.0e-3; G stage3.4 conv, iteration 1: official 1.5e-2, here 2.7e-3),
+and each side has tensors where the other is closer (F conv4_2, iteration 0: official 2.7e-6, here 5.6e-3).
+
 Segmenter feature contract: the forward dict holds "main" plus either FCN-8s's "fc7", "pool4", "pool3" or the generic
 "feat_deep", "feat_mid", "feat_shallow" (DeepLab-v2: layer4, layer3, layer2; toy: its stem three times; both
 return them once `return_features` is set, which this method does), and the segmenter exposes their channels as
