@@ -9,7 +9,8 @@ through the ptxas bundled in the triton wheel; cuobjdump (bundled too) then read
 
 Per variant: registers, stack bytes and local loads/stores (spills), shared memory, SASS instruction count,
 atomics and memory fences in SASS, and static warp instructions per output pixel = SASS instructions x warps x
-programs / output pixels (exact for straight-line code; the class loops are `tl.static_range`, so unrolled).
+programs / output pixels (exact for straight-line code: the class loops are `tl.static_range`, unrolled, except where
+RUNTIME_LOOPS declares a runtime loop, whose body then counts once per trip).
 The result is bench/results/kernels-aot-sm90.json (both targets in one file). Exit status 1 when any variant fails
 to compile, spills, or issues a fenced atomic (MEMBAR next to ATOM/RED: the default acq_rel semantics).
 """
@@ -49,6 +50,21 @@ class Case:
     run: object
 
 
+@contextlib.contextmanager
+def _scatter_backward(variable: str):
+    """Within the block, the op's backward takes its scatter (atomic) form, as for shapes the gather form cannot
+    hold, so that the fallback is compiled and checked too."""
+    saved = os.environ.get(variable)
+    os.environ[variable] = "scatter"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(variable)
+        else:
+            os.environ[variable] = saved
+
+
 def _cases(size: str) -> list[Case]:
     """The launchers at the shapes training runs them (size="real") or tiny ones (size="small", for tests)."""
     import torch
@@ -73,6 +89,9 @@ def _cases(size: str) -> list[Case]:
             _, lse, count = module._upsample_cross_entropy_fwd(logits, labels, align, 255, "mean", True)
             module._upsample_cross_entropy_fwd(logits, labels, align, 255, "mean", False)
             module._upsample_cross_entropy_bwd(count, logits, labels, lse, align, 255)
+            # The scatter form too: the backward falls back to it where the gather form's window does not fit.
+            with _scatter_backward("SEGADAPT_CE_BACKWARD"):
+                module._upsample_cross_entropy_bwd(count, logits, labels, lse, align, 255)
 
         return run
 
@@ -85,6 +104,8 @@ def _cases(size: str) -> list[Case]:
             target = None if target_kind == "constant" else meta(batch, out_h, out_w, dtype=torch.int64)
             _, _, count = module._upsample_bce_fwd(d_logits, size, target, 1.0, False, "bce", target is not None)
             module._upsample_bce_bwd(count, d_logits, size, target, 1.0, False, "bce")
+            with _scatter_backward("SEGADAPT_BCE_BACKWARD"):  # the fallback of shapes beyond the gather window
+                module._upsample_bce_bwd(count, d_logits, size, target, 1.0, False, "bce")
 
         return run
 
@@ -131,6 +152,8 @@ def _cases(size: str) -> list[Case]:
     return [
         Case("ce_cs_bf16_cl", "upsample_cross_entropy", f"{batch}x19x{ce_in} -> {out}",
              ce(19, ce_in, out, False, bf16, cl)),
+        Case("ce_cs_fp32_cl", "upsample_cross_entropy", f"{batch}x19x{ce_in} fp32 -> {out}",
+             ce(19, ce_in, out, False, fp32, cl)),
         Case("ce_voc_bf16_cl", "upsample_cross_entropy", f"{batch}x21x{voc_in}^2 -> {voc}^2",
              ce(21, (voc_in, voc_in), (voc, voc), True, bf16, cl)),
         Case("bce_const_fp32", "upsample_bce", f"{batch}x1x1/32 -> {out}", bce("constant", fp32)),
@@ -185,6 +208,23 @@ def _specialise(kernel, args: tuple, kwargs: dict, config, target):
     return parsed, signature, constexprs, attrs, bound
 
 
+# Kernels with a runtime (not unrolled) loop: name -> launch kwargs -> trip count, or None when unrolled. Their
+# instructions per pixel count the loop body once per trip (the body = the instructions a backward branch spans).
+RUNTIME_LOOPS = {
+    "_upsample_cross_entropy_bwd_gather_kernel": lambda kwargs: None if kwargs.get("UNROLL", True) else kwargs["C"],
+    "_upsample_bce_bwd_gather_kernel": lambda kwargs: kwargs["TILE_H"] // kwargs["CHUNK_H"],
+}
+
+
+def _loop_bodies(sass: str) -> list[int]:
+    """Instructions spanned by each backward branch of the SASS (one per runtime loop)."""
+    bodies = []
+    for address, target in re.findall(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?BRA\s+0x([0-9a-f]+)", sass):
+        if int(target, 16) < int(address, 16):
+            bodies.append((int(address, 16) - int(target, 16)) // 16 + 1)
+    return bodies
+
+
 def _sass_stats(cubin: bytes) -> dict:
     """Resource usage and instruction census of a cubin, read with the cuobjdump bundled in the triton wheel."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
@@ -209,6 +249,7 @@ def _sass_stats(cubin: bytes) -> dict:
         "atomics": atomics,
         "fences": fences,
         "fenced_atomics": atomics > 0 and fences > 0,
+        "loop_bodies": _loop_bodies(sass),
     }
 
 
@@ -235,7 +276,12 @@ def _compile_one(job: tuple) -> dict:
             programs *= int(extent)
         stats = _sass_stats(compiled.asm["cubin"])
         warps = compiled.metadata.num_warps
-        per_pixel = stats["sass_instructions"] * warps * programs / max(record.work, 1)
+        trips = RUNTIME_LOOPS.get(record.kernel.__name__, lambda kwargs: None)(record.kwargs)
+        bodies = stats.pop("loop_bodies")
+        if trips and len(bodies) != 1:
+            raise ValueError(f"{len(bodies)} backward branches: the loop-trip correction handles exactly one loop")
+        dynamic = stats["sass_instructions"] + (bodies[0] * (trips - 1) if trips else 0)
+        per_pixel = dynamic * warps * programs / max(record.work, 1)
         row.update(stats, compiled=True, programs=programs, shared_bytes=max(stats["shared_bytes"],
                    compiled.metadata.shared), instructions_per_pixel=round(per_pixel, 2))  # fmt: skip
         if config is None:

@@ -32,7 +32,10 @@ from segadapt.bench.common import result_path
 from segadapt.bench.common import time_fn
 from segadapt.bench.common import write_json
 
-PROVIDERS = ("ref", "ref_compiled", "triton")
+PROVIDERS = ("ref", "ref_compiled", "triton", "triton_scatter")
+# triton_scatter: the op's Triton kernels with the backward in its scatter (atomic) form, the fallback of shapes the
+# gather form cannot hold; timed beside the default gather form on the ops that have both.
+_SCATTER_ENV = {"upsample_cross_entropy": "SEGADAPT_CE_BACKWARD", "upsample_bce": "SEGADAPT_BCE_BACKWARD"}
 MODES = ("fwd", "full")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -107,8 +110,20 @@ def _pick(reference: Callable, public: Callable, provider: str, probe: torch.Ten
 
     if not use_triton(probe):
         raise ValueError(
-            f"provider 'triton' on {probe.device}: the op would run its reference; use CUDA or TRITON_INTERPRET=1"
+            f"provider {provider!r} on {probe.device}: the op would run its reference; use CUDA or TRITON_INTERPRET=1"
         )
+    if provider == "triton_scatter":
+        variable = _SCATTER_ENV[public.__name__]
+
+        def scatter(*args, **kwargs):
+            # The launchers read the switch at call time, so it is set around each call only.
+            saved, os.environ[variable] = os.environ.get(variable), "scatter"
+            try:
+                return public(*args, **kwargs)
+            finally:
+                os.environ.pop(variable) if saved is None else os.environ.__setitem__(variable, saved)
+
+        return scatter
     return public
 
 
@@ -236,9 +251,13 @@ def _bytes_memory_queue_sample(case: Case, mode: str) -> int:
 OPS: dict[str, KernelOp] = {
     "upsample_cross_entropy": KernelOp(_setup_upsample_cross_entropy, _bytes_upsample_cross_entropy),
     "upsample_bce": KernelOp(_setup_upsample_bce, _bytes_upsample_bce),
-    "entropy_percentile": KernelOp(_setup_entropy_percentile, _bytes_entropy_percentile, modes=("fwd",)),
-    "pseudo_label": KernelOp(_setup_pseudo_label, _bytes_pseudo_label, modes=("fwd",)),
-    "memory_queue_enqueue": KernelOp(_setup_memory_queue_enqueue, _bytes_memory_queue_enqueue, modes=("fwd",)),
+    "entropy_percentile": KernelOp(
+        _setup_entropy_percentile, _bytes_entropy_percentile, modes=("fwd",), providers=PROVIDERS[:3]
+    ),
+    "pseudo_label": KernelOp(_setup_pseudo_label, _bytes_pseudo_label, modes=("fwd",), providers=PROVIDERS[:3]),
+    "memory_queue_enqueue": KernelOp(
+        _setup_memory_queue_enqueue, _bytes_memory_queue_enqueue, modes=("fwd",), providers=PROVIDERS[:3]
+    ),
     "memory_queue_sample": KernelOp(
         _setup_memory_queue_sample, _bytes_memory_queue_sample, modes=("fwd",), providers=("ref", "ref_compiled")
     ),

@@ -54,16 +54,22 @@ def rows() -> list[Row]:
     """The ops at N=8, C=19, 512x1024 (bf16 channels-last logits), with the byte counts spelled out."""
     elements = PIXELS * CLASSES  # full-resolution class scores
     return [
-        # fused: fwd reads labels (8 B) and writes lse (4 B); bwd reads labels and lse; the low-res logits (bf16,
-        # read twice) and the fp32 gradient accumulator (zeroed, added into, cast to bf16) are small.
+        # fused: fwd reads labels (8 B) and writes lse (4 B); bwd (gather form) reads labels and lse once from DRAM
+        # (its ~1.3x window overlap hits L2); the low-res logits (bf16: fwd twice, bwd once) and the fp32 gradient
+        # (written once, no zeroing, then cast to bf16) are small. No atomics.
         # eager (fp32 as the spec): upsample write, log_softmax read+write, nll; backward: nll grad write,
         # log_softmax backward 2 reads + write, upsample backward read: 8 full-resolution fp32 passes + labels.
         Row("upsample_cross_entropy fwd+bwd", f"{BATCH}x{CLASSES}x65x129 bf16 cl -> 512x1024",
-            PIXELS * (8 + 4 + 8 + 4) + CE_LOW * CLASSES * (2 + 2 + 4 + 4 + 4 + 2),
+            PIXELS * (8 + 4 + 8 + 4) + CE_LOW * CLASSES * (2 + 2 + 2 + 4 + 4 + 2),
             8 * elements * 4 + 2 * PIXELS * 8,
             (("ce_cs_bf16_cl", "_upsample_cross_entropy_fwd_kernel", "STORE_LSE=True"),
-             ("ce_cs_bf16_cl", "_upsample_cross_entropy_bwd_kernel", "")),
-            atomics_per_pixel=4 * CLASSES),
+             ("ce_cs_bf16_cl", "_upsample_cross_entropy_bwd_gather_kernel", ""))),
+        # The same op on fp32 logits (the paper recipes train in fp32): the gather backward's dots as fp32 FMAs.
+        Row("upsample_cross_entropy fwd+bwd fp32", f"{BATCH}x{CLASSES}x65x129 fp32 cl -> 512x1024",
+            PIXELS * (8 + 4 + 8 + 4) + CE_LOW * CLASSES * (4 + 4 + 4 + 4),
+            8 * elements * 4 + 2 * PIXELS * 8,
+            (("ce_cs_fp32_cl", "_upsample_cross_entropy_fwd_kernel", "STORE_LSE=True"),
+             ("ce_cs_fp32_cl", "_upsample_cross_entropy_bwd_gather_kernel", ""))),
         # fused: logits once (bf16) + entropy write, 4 radix passes over entropy bits + ignore, split pass.
         # eager: log_softmax write/read, exp, product, sum (fp32 full-size passes ~5), a full sort of P floats
         # (radix sort: ~8 passes of 8 bytes key+index), masks.
@@ -84,13 +90,13 @@ def rows() -> list[Row]:
             PIXELS * 8 + elements * 4,
             PIXELS * 8 + elements * 8 + elements * (8 + 4) + elements * 4 * 2,
             (("pseudo_cs_bf16_cl", "_one_hot_fwd_kernel", ""),)),
-        # fused: target map (int64) read twice, the tiny map and its gradient. eager: upsample write, BCE
-        # elementwise write, mask, where, sum; backward about as many full-size passes.
+        # fused: target map (int64) read twice (the gather backward's window overlap hits L2), the tiny map and its
+        # gradient. eager: upsample write, BCE elementwise write, mask, where, sum; backward about as many passes.
         Row("upsample_bce fwd+bwd", f"{BATCH}x1x16x32 -> 512x1024, target map",
             2 * PIXELS * 8 + D_LOW * (4 * 3),
             2 * PIXELS * 8 + 10 * PIXELS * 4,
-            (("bce_map_bf16", "_upsample_bce_fwd_kernel", ""), ("bce_map_bf16", "_upsample_bce_bwd_kernel", "")),
-            atomics_per_pixel=4),
+            (("bce_map_bf16", "_upsample_bce_fwd_kernel", ""),
+             ("bce_map_bf16", "_upsample_bce_bwd_gather_kernel", ""))),
     ]  # fmt: skip
 
 

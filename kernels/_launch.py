@@ -13,6 +13,7 @@ per lane), PyTorch's bilinear source indices, and the one-exponential online log
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable
 from collections.abc import Iterator
@@ -81,6 +82,39 @@ def bilinear_footprint(offs_p, out_w, in_h, in_w, scale_h, scale_w, ALIGN_CORNER
 
 
 @triton.jit
+def first_output(first_src, inv_scale, ALIGN_CORNERS: tl.constexpr):
+    """An output coordinate at or before the first one whose lower source index reaches `first_src` - 1 (two
+    coordinates of slack for float rounding; 0 at the top). The gather-form backward passes start their window here;
+    `gather_plan` checks on the host that the window holds every output that reaches the owned sources."""
+    if ALIGN_CORNERS:
+        start = (first_src - 1).to(tl.float32) * inv_scale
+    else:
+        start = (first_src.to(tl.float32) - 0.5) * inv_scale - 0.5
+    return tl.maximum(tl.floor(start).to(tl.int32) - 2, 0)
+
+
+@triton.jit
+def bilinear_weights(dst, dst_mask, first_src, SRC: tl.constexpr, scale, in_size, ALIGN_CORNERS: tl.constexpr):
+    """(len(dst), SRC) fp32 block of the interpolation matrix: the weight of source first_src + k in output `dst`
+    (both neighbours of a clamped edge land on one source and add up, as upsample_bilinear2d's backward does);
+    rows where `dst_mask` is off are 0."""
+    index0, index1, weight0, weight1 = bilinear_source_index(dst, scale, in_size, ALIGN_CORNERS)
+    src = first_src + tl.arange(0, SRC)
+    weights = tl.where(index0[:, None] == src[None, :], weight0[:, None], 0.0)
+    weights += tl.where(index1[:, None] == src[None, :], weight1[:, None], 0.0)
+    return tl.where(dst_mask[:, None], weights, 0.0)
+
+
+@triton.jit
+def reaches(dst, scale, in_size, first_src, own, out_size, ALIGN_CORNERS: tl.constexpr):
+    """Output coordinates `dst` (inside the map) with a bilinear neighbour among sources [first_src, first_src+own)."""
+    index0, index1, _, _ = bilinear_source_index(dst, scale, in_size, ALIGN_CORNERS)
+    hit0 = (index0 >= first_src) & (index0 < first_src + own)
+    hit1 = (index1 >= first_src) & (index1 < first_src + own)
+    return (dst < out_size) & (hit0 | hit1)
+
+
+@triton.jit
 def bilinear_gather(base, pixels, lam, stride_p, mask):
     """Bilinear value of base[pixel * stride_p] in fp32, associated as upsample_bilinear2d does:
     lh0 * (lw0 * x00 + lw1 * x01) + lh1 * (lw0 * x10 + lw1 * x11)."""
@@ -113,6 +147,43 @@ def bilinear_scale(in_size: int, out_size: int, align_corners: bool) -> float:
             return 0.0
         return float(np.float32(in_size - 1) / np.float32(out_size - 1))
     return float(np.float32(in_size) / np.float32(out_size))
+
+
+GATHER_SRC = 16  # source window of the gather-form backward passes: owned sources plus a 1-source halo each side
+
+
+@functools.lru_cache(maxsize=256)
+def gather_plan(in_size: int, out_size: int, align_corners: bool, tile: int) -> int | None:
+    """Sources one program of a gather-form backward owns along one axis, or None when no count fits.
+
+    A program owns `own` consecutive sources [r0, r0 + own) (r0 = tile index x own), reads the window of
+    GATHER_SRC sources from r0 - 1 and the `tile` outputs from `first_output(r0)`, recomputes the loss gradient there
+    and reduces it onto its owned sources: every source is written by exactly one program, no atomics, the same
+    summation order on every run. The largest own <= GATHER_SRC - 2 is taken for which, on every tile, the outputs
+    reaching the owned sources lie inside the output window with one coordinate of margin each side (the kernel's
+    float32 index math may differ from this float64 check by one at a boundary). Shapes only: no device access.
+    """
+    scale = bilinear_scale(in_size, out_size, align_corners)
+    inv = float(np.float32(1.0 / scale)) if scale > 0 else 0.0
+    dst = np.arange(out_size, dtype=np.float64)
+    src = scale * dst if align_corners else np.maximum(scale * (dst + 0.5) - 0.5, 0.0)
+    index0 = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+    index1 = np.where(index0 < in_size - 1, index0 + 1, index0)
+    for own in range(GATHER_SRC - 2, 0, -1):
+        fits = True
+        for first in range(0, in_size, own):
+            hit = ((index0 >= first) & (index0 < first + own)) | ((index1 >= first) & (index1 < first + own))
+            if not hit.any():
+                continue
+            lo, hi = int(np.argmax(hit)), int(out_size - 1 - np.argmax(hit[::-1]))
+            raw = (first - 1) * inv if align_corners else (first - 0.5) * inv - 0.5
+            start = max(int(np.floor(raw)) - 2, 0)
+            if not ((start == 0 or start <= lo - 1) and hi <= start + tile - 2):
+                fits = False
+                break
+        if fits:
+            return own
+    return None
 
 
 def pixel_stride(x: Tensor, name: str) -> int:

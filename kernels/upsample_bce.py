@@ -14,18 +14,25 @@ Used by AdaptSegNet (output-space discriminators, BCE or LS-GAN, constant domain
 upsampled to the input size, masked BCE against the one-hot map's label, T_semi confidence).
 
 Traffic (P = N*H*W output pixels, p = N*h*w input pixels): forward reads p*e bytes of logits plus P*(1 or 8) bytes
-of target and writes P*4 bytes of sigmoid only when asked; backward reads them again and scatters into a p*4-byte
-fp32 accumulator (relaxed atomic adds, no fence: summation order, hence the last bits of the gradient, vary run to
-run). One output pixel per lane.
-Ahead of time (bench aot, sm_90, 8x1x16x32 -> 512x1024): forward 3.5-3.7 and backward 3.2-5.2 warp instructions
-per output pixel, 4 relaxed REDs per pixel, no spill, no fence; ~67 MB fused against ~235 MB eager. Predicted
-H100: byte floor 0.02 ms, atomic floor ~0.11 ms at the assumed 1.5e11 atomics/s, and every output pixel adds into
-one of only N*16*32 source logits, so contention makes that an optimistic bound (bench/gpu_session.sh measures).
+of target and writes P*4 bytes of sigmoid only when asked; backward reads the target again (its window overlap
+from L2) and writes the p*4-byte fp32 gradient once. Forward: one output pixel per lane.
+Backward, gather form (default): a program owns a block of the discriminator map (6 x 6 at x32 with 256 x 256-output
+tiles, chosen per axis by `_gather_axis`), recomputes z = Wy (X Wx^T) on the outputs that reach it, 16 rows per loop
+trip, and writes dL/dX = Wy^T (G Wx): no atomics, one summation order on every run (the scatter form sent every
+output pixel's 4 adds into only N x h x w addresses). Where the window cannot hold a source's outputs (beyond ~x100)
+the scatter form runs (relaxed atomics, order not fixed).
+Ahead of time (bench aot, sm_90, 8x1x16x32 -> 512x1024): forward 3.5-3.7 warp instructions per output pixel,
+gather backward ~5 (constant target) and ~8 (uint8/int64 target map; runtime loop counted per trip), 74-80
+registers, no spill, no atomic. Predicted H100 (`bench roofline`): ~1.4x eager on the map case (instruction-bound:
+the x32 window recomputes ~1.8 outputs per owned one); the scatter form was predicted at 0.63x, atomic-bound.
 The reference materialises the P*4-byte upsampled map, the per-pixel loss, the mask and their gradients.
 """
 
 from __future__ import annotations
 
+import os
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 import triton
@@ -34,12 +41,17 @@ from torch import Tensor
 
 from segadapt.kernels._dispatch import use_triton
 from segadapt.kernels._launch import FLOAT_DTYPES
+from segadapt.kernels._launch import GATHER_SRC
 from segadapt.kernels._launch import bilinear_footprint
 from segadapt.kernels._launch import bilinear_gather
 from segadapt.kernels._launch import bilinear_scale
+from segadapt.kernels._launch import bilinear_weights
+from segadapt.kernels._launch import first_output
+from segadapt.kernels._launch import gather_plan
 from segadapt.kernels._launch import launch
 from segadapt.kernels._launch import pixel_stride
 from segadapt.kernels._launch import pixel_tile
+from segadapt.kernels._launch import reaches
 from segadapt.kernels._launch import tuned
 
 _LOSSES = ("bce", "mse")
@@ -217,6 +229,87 @@ def _upsample_bce_bwd_kernel(
     tl.atomic_add(grad_base + pixels[3] * stride_grad_p, grad_z * weights[3], mask=valid, sem="relaxed")
 
 
+@triton.jit
+def _upsample_bce_bwd_gather_kernel(
+    logits_ptr,
+    target_ptr,
+    grad_scale_ptr,
+    grad_ptr,
+    stride_n,
+    stride_p,
+    stride_grad_n,
+    stride_grad_p,
+    stride_target_n,
+    stride_target_h,
+    stride_target_w,
+    in_h,
+    in_w,
+    out_h,
+    out_w,
+    scale_h,
+    scale_w,
+    inv_scale_h,
+    inv_scale_w,
+    target_value,
+    own_h,
+    own_w,
+    tiles_w,
+    ALIGN_CORNERS: tl.constexpr,
+    TARGET_IS_TENSOR: tl.constexpr,
+    LOSS_MSE: tl.constexpr,
+    TILE_H: tl.constexpr,
+    TILE_W: tl.constexpr,
+    CHUNK_H: tl.constexpr,
+    SRC: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
+    # Gather form (see kernels/upsample_cross_entropy.py's gather kernel): this program owns the source logits
+    # [r0, r0 + own_h) x [c0, c0 + own_w), recomputes z = Wy (X Wx^T) on the outputs that reach them, and writes
+    # dL/dX = Wy^T (G Wx) with G = dL/dz: no atomics (the scatter form's N x h x w target addresses, each hit by
+    # ~4 scale^2 adds, were its bound) and one summation order on every run.
+    n = tl.cast(tl.program_id(1), tl.int64)
+    tile_row = tl.program_id(0) // tiles_w
+    r0 = tile_row * own_h
+    c0 = (tl.program_id(0) - tile_row * tiles_w) * own_w
+    y_first = first_output(r0, inv_scale_h, ALIGN_CORNERS)
+    xs = first_output(c0, inv_scale_w, ALIGN_CORNERS) + tl.arange(0, TILE_W)
+    x_ok = reaches(xs, scale_w, in_w, c0, own_w, out_w, ALIGN_CORNERS)
+    weights_x = bilinear_weights(xs, x_ok, c0 - 1, SRC, scale_w, in_w, ALIGN_CORNERS)
+
+    rows = r0 - 1 + tl.arange(0, SRC)
+    cols = c0 - 1 + tl.arange(0, SRC)
+    in_map = ((rows >= 0) & (rows < in_h))[:, None] & ((cols >= 0) & (cols < in_w))[None, :]
+    owned = ((rows >= r0) & (rows < r0 + own_h))[:, None] & ((cols >= c0) & (cols < c0 + own_w))[None, :] & in_map
+    pixels = (rows[:, None] * in_w + cols[None, :]).to(tl.int64)
+    x = tl.load(logits_ptr + n * stride_n + pixels * stride_p, mask=in_map, other=0.0).to(tl.float32)
+    # Columns first, then rows: bilinear_gather's association.
+    x_cols = tl.dot(x, tl.trans(weights_x), input_precision=INPUT_PRECISION)  # (SRC, TILE_W)
+    coef = tl.load(grad_scale_ptr)
+    grad_x = tl.zeros([SRC, SRC], tl.float32)
+    # The output rows in chunks of CHUNK_H: the (CHUNK_H, TILE_W) tiles stay in registers (a whole 128 x 128 tile
+    # spilled); the chunks' partial sums add in a fixed order.
+    for chunk in range(TILE_H // CHUNK_H):
+        ys = y_first + chunk * CHUNK_H + tl.arange(0, CHUNK_H)
+        y_ok = reaches(ys, scale_h, in_h, r0, own_h, out_h, ALIGN_CORNERS)
+        weights_y = bilinear_weights(ys, y_ok, r0 - 1, SRC, scale_h, in_h, ALIGN_CORNERS)
+        valid = y_ok[:, None] & x_ok[None, :]
+        if TARGET_IS_TENSOR:
+            offs = n * stride_target_n + ys[:, None].to(tl.int64) * stride_target_h + xs[None, :] * stride_target_w
+            target = tl.load(target_ptr + offs, mask=valid, other=255).to(tl.float32)
+            valid = valid & (target != 255.0)
+        else:
+            target = target_value
+        z = tl.dot(weights_y, x_cols, input_precision=INPUT_PRECISION)
+        if LOSS_MSE:
+            grad_z = 2.0 * (z - target)
+        else:
+            grad_z = 1.0 / (1.0 + tl.exp(-z)) - target
+        grad_z = tl.where(valid, grad_z * coef, 0.0)
+        grad_x += tl.dot(tl.trans(weights_y), tl.dot(grad_z, weights_x, input_precision=INPUT_PRECISION),
+                         input_precision=INPUT_PRECISION)  # fmt: skip
+    tl.store(grad_ptr + n * stride_grad_n + pixels * stride_grad_p, grad_x, mask=owned)
+
+
 # One pixel per lane at 256 x 8 warps, 2 or 4 per lane above: the per-pixel work is a few instructions.
 _CONFIGS = [triton.Config({"BLOCK_P": block_p}, num_warps=warps) for block_p, warps in ((256, 8), (512, 4), (1024, 4))]
 _FIXED_CONFIG = triton.Config({"BLOCK_P": 1024}, num_warps=4)
@@ -224,6 +317,26 @@ _FIXED_CONFIG = triton.Config({"BLOCK_P": 1024}, num_warps=4)
 _FWD = tuned(_upsample_bce_fwd_kernel, _CONFIGS, _FIXED_CONFIG, ["out_w", "TARGET_IS_TENSOR"],
              ["loss_partial_ptr", "count_partial_ptr"])  # fmt: skip
 _BWD = tuned(_upsample_bce_bwd_kernel, _CONFIGS, _FIXED_CONFIG, ["out_w", "TARGET_IS_TENSOR"], ["grad_ptr"])
+# Gather-form backward: output tile sizes per axis (the launcher takes, per axis, the one that recomputes the fewest
+# outputs per owned output: 64 at x4, 256 at the discriminators' x32), the output rows per loop trip (whole tiles,
+# or an unrolled loop, spilled) and warps. Its dots run as fp32 FMAs for every logits dtype: with one channel they
+# are a few instructions per output pixel, and TF32 (tensor cores) spilled on sm_80.
+_GATHER_TILES = (64, 128, 256)
+_GATHER_CHUNK_H = 16
+_GATHER_WARPS = 8
+
+
+def _gather_axis(in_size: int, out_size: int, align_corners: bool) -> tuple[int, int] | None:
+    """(tile, own) along one axis: the tile with the fewest computed outputs per owned output, or None."""
+    best = None
+    for tile in _GATHER_TILES:
+        own = gather_plan(in_size, out_size, align_corners, tile)
+        if own is None:
+            continue
+        cost = tile / min(own * out_size / in_size, out_size)
+        if best is None or cost < best[0] - 1e-9:
+            best = (cost, tile, own)
+    return None if best is None else best[1:]
 
 
 # ------------------------------------------------------------------------------------------------- launchers
@@ -311,9 +424,31 @@ def _upsample_bce_bwd(
     align_corners: bool,
     loss: str,
 ) -> Tensor:
-    """Launch the backward kernel. `grad_scale` is a 0-d f32 d(loss)/d(loss_sum). Returns grad of d_logits."""
-    grad = torch.zeros_like(d_logits, dtype=torch.float32)  # keeps d_logits' memory format
+    """Launch the backward kernel. `grad_scale` is a 0-d f32 d(loss)/d(loss_sum). Returns grad of d_logits.
+
+    The gather form (deterministic, no atomics) wherever `gather_plan` fits the shape (upsampling up to ~x100 at the
+    256-output tile: the discriminators' x32 owns 6 x 6 sources per program); the scatter form (relaxed atomic adds)
+    otherwise, or with SEGADAPT_BCE_BACKWARD=scatter.
+    """
     geometry = _geometry(d_logits, size, target, target_value, align_corners, loss)
+    plan_h = _gather_axis(d_logits.shape[2], size[0], align_corners)
+    plan_w = _gather_axis(d_logits.shape[3], size[1], align_corners)
+    if plan_h is not None and plan_w is not None and os.environ.get("SEGADAPT_BCE_BACKWARD", "gather") != "scatter":
+        (tile_h, own_h), (tile_w, own_w) = plan_h, plan_w
+        batch = d_logits.shape[0]
+        tiles_h, tiles_w = triton.cdiv(d_logits.shape[2], own_h), triton.cdiv(d_logits.shape[3], own_w)
+        grad = torch.empty_like(d_logits, dtype=torch.float32)  # every source is written by one program
+        inverse = [float(np.float32(1.0 / s)) if s > 0 else 0.0 for s in (geometry["scale_h"], geometry["scale_w"])]
+        target_arg = target if target is not None else grad  # never read when TARGET_IS_TENSOR is False
+        launch(
+            _upsample_bce_bwd_gather_kernel, lambda meta: (tiles_h * tiles_w, batch), d_logits, target_arg,
+            grad_scale, grad, d_logits.stride(0), pixel_stride(d_logits, "d_logits"), grad.stride(0),
+            pixel_stride(grad, "grad"), **geometry, inv_scale_h=inverse[0], inv_scale_w=inverse[1], own_h=own_h,
+            own_w=own_w, tiles_w=tiles_w, TILE_H=tile_h, TILE_W=tile_w, CHUNK_H=_GATHER_CHUNK_H, SRC=GATHER_SRC,
+            INPUT_PRECISION="ieee", num_warps=_GATHER_WARPS, work=batch * size[0] * size[1],
+        )  # fmt: skip
+        return grad.to(d_logits.dtype)
+    grad = torch.zeros_like(d_logits, dtype=torch.float32)  # keeps d_logits' memory format
     target_arg = target if target is not None else grad  # never read when TARGET_IS_TENSOR is False
     args = (d_logits, target_arg, grad_scale, grad, d_logits.stride(0), pixel_stride(d_logits, "d_logits"))
     args += (grad.stride(0), pixel_stride(grad, "grad"))

@@ -14,46 +14,60 @@ against stride-8 160x90 logits, every step.
 
 Traffic per step (C classes, P = N*H*W label pixels, p = N*h*w logit pixels, e bytes per logit element):
 forward reads P*8 label bytes and the logits (4 gathers per pixel, cache-resident: ~p*C*e from DRAM) and writes
-P*4 bytes of log-sum-exp; backward reads the labels and log-sum-exp again and scatters into a p*C*4-byte fp32
-accumulator. The reference writes and reads the P*C*4-byte upsampled logits, their log-softmax and the gradient
-of both, i.e. roughly 6*P*C*4 bytes and 2*P*C*4 bytes of peak memory.
+P*4 bytes of log-sum-exp; backward reads the labels and log-sum-exp again (plus the ~1.3x window overlap, from L2)
+and writes the p*C*4-byte fp32 gradient once. The reference writes and reads the P*C*4-byte upsampled logits, their
+log-softmax and the gradient of both, i.e. roughly 6*P*C*4 bytes and 2*P*C*4 bytes of peak memory.
 
-Layout of the work: one output pixel per lane, the C classes in compile-time loops (max, then 8 interleaved partial
-sums of exp), so every per-pixel instruction runs once per pixel (the class-across-lanes layout ran each one 32
-times and reduced across lanes per pixel). Gradient scatter uses relaxed fp32 atomic adds (plain RED in SASS; the
-default acq_rel wrapped each in a GPU-wide fence and an L1 invalidate): the summation order of the up-to-(4 *
-scale^2) contributions to one source logit is not fixed, so gradients are not bitwise deterministic run to run
-(differences ~1 ulp). A gather-form backward (each source pixel sums its bounded footprint) would make them
-deterministic and remove the 4 * C atomics per output pixel that bound the backward (see bench/roofline.py).
+Forward: one output pixel per lane, the C classes in compile-time loops (max, then 8 interleaved partial sums of
+exp), so every per-pixel instruction runs once per pixel (the class-across-lanes layout ran each one 32 times and
+reduced across lanes per pixel).
 
-Ahead of time (`python -m segadapt.bench aot`, sm_90, N=8, C=19 bf16 channels-last 65x129 -> 512x1024, fastest
-config; bench/results/kernels-aot-sm90.json has every config and sm_80): forward ~22 warp instructions per output
-pixel, backward 34 plus 76 relaxed REDs per warp (4 per class), no spill, no fence (the class-across-lanes design
-ran ~150-175 and spilled). Bytes at that shape: ~124 MB fused against ~2.6 GB for eager fp32. Predicted H100
-(`python -m segadapt.bench roofline`): instruction floor ~0.22 ms, byte floor 0.04 ms, atomic floor ~2.1 ms at
-an assumed 1.5e11 relaxed atomics/s: the backward's scatter, not the arithmetic, decides, hence the gather form
-above as the next step.
+Backward, gather form (default): a program owns a block of source logits (6 x 6 at x8 with 64 x 64-output tiles),
+recomputes the upsampled logits on the outputs that reach them as Wy (X Wx^T) from a 16 x 16 source window, forms
+dL/dz = (softmax - onehot) * coef from the forward's log-sum-exp and reduces it through the same interpolation
+matrices, Wy^T (G Wx): four small dots per class, no atomics, every source written by one program, so the gradient
+is bitwise deterministic run to run. The cost is the overlap (outputs near a block edge are recomputed by the
+neighbour: 64 x 64 computed per ~48 x 48 owned at x8). The dots run on tensor cores in TF32 for bf16 / fp16 logits
+(exact in TF32) and as fp32 FMAs for fp32 logits (see _GATHER_PRECISION). Where the window cannot hold a source's
+outputs (upsampling beyond ~x23, `gather_plan` returns None) the scatter form runs: one output pixel per lane,
+4 relaxed fp32 atomic adds per class (plain RED in SASS), order not fixed, ~1 ulp run to run.
+
+Ahead of time (`python -m segadapt.bench aot`, sm_90, N=8, C=19 bf16 channels-last 65x129 -> 512x1024;
+bench/results/kernels-aot-sm90.json has every config and sm_80): forward ~21 warp instructions per output pixel;
+gather backward ~49 (TF32, unrolled, 240 registers, no spill, no atomic), ~85 for fp32 logits (runtime class
+loop); the scatter backward's 34 plus 4 REDs per class per pixel were bound by the atomics (~2.1 ms predicted at an
+assumed 1.5e11 atomics/s). Predicted H100 (`python -m segadapt.bench roofline`): forward + backward ~0.28 ms
+against ~0.76 ms for eager fp32 at its byte floor.
 Labels outside [0, C) other than `ignore_index` are not checked on the Triton path (the check would need a host
 sync); they contribute logsumexp(z) to the loss instead of raising.
 """
 
 from __future__ import annotations
 
+import os
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch import Tensor
 
+from segadapt.kernels._dispatch import interpreting
 from segadapt.kernels._dispatch import use_triton
 from segadapt.kernels._launch import FLOAT_DTYPES
+from segadapt.kernels._launch import GATHER_SRC
 from segadapt.kernels._launch import autotune_enabled  # noqa: F401  (re-exported: bench and older callers)
 from segadapt.kernels._launch import bilinear_footprint
 from segadapt.kernels._launch import bilinear_gather
 from segadapt.kernels._launch import bilinear_scale
+from segadapt.kernels._launch import bilinear_weights
+from segadapt.kernels._launch import first_output
+from segadapt.kernels._launch import gather_plan
 from segadapt.kernels._launch import launch
 from segadapt.kernels._launch import pixel_stride
 from segadapt.kernels._launch import pixel_tile
+from segadapt.kernels._launch import reaches
 from segadapt.kernels._launch import tuned
 
 _REDUCTIONS = ("mean", "sum")
@@ -228,12 +242,119 @@ def _upsample_cross_entropy_bwd_kernel(
         tl.atomic_add(grad_c + pixels[3] * stride_grad_p, grad_z * weight11, mask=valid, sem="relaxed")
 
 
+@triton.jit
+def _gather_class(src, dst, in_map, owned, weights_y, weights_y_t, weights_x, weights_x_t, lse, label, coef, c,
+                  INPUT_PRECISION: tl.constexpr):  # fmt: skip
+    """One class of the gather-form backward: z on the output window, dL/dz, reduced onto the owned sources."""
+    x = tl.load(src, mask=in_map, other=0.0).to(tl.float32)
+    # Columns first, then rows: the association of bilinear_gather (and of the forward's log-sum-exp).
+    z = tl.dot(weights_y, tl.dot(x, weights_x_t, input_precision=INPUT_PRECISION), input_precision=INPUT_PRECISION)
+    grad_z = (tl.exp(z - lse) - tl.where(label == c, 1.0, 0.0)) * coef
+    grad_x = tl.dot(weights_y_t, tl.dot(grad_z, weights_x, input_precision=INPUT_PRECISION),
+                    input_precision=INPUT_PRECISION)  # fmt: skip
+    tl.store(dst, grad_x, mask=owned)
+
+
+@triton.jit
+def _upsample_cross_entropy_bwd_gather_kernel(
+    logits_ptr,
+    labels_ptr,
+    lse_ptr,
+    grad_scale_ptr,
+    grad_ptr,
+    stride_n,
+    stride_c,
+    stride_p,
+    stride_grad_n,
+    stride_grad_c,
+    stride_grad_p,
+    stride_label_n,
+    stride_label_h,
+    stride_label_w,
+    in_h,
+    in_w,
+    out_h,
+    out_w,
+    scale_h,
+    scale_w,
+    inv_scale_h,
+    inv_scale_w,
+    ignore_index,
+    own_h,
+    own_w,
+    tiles_w,
+    C: tl.constexpr,
+    ALIGN_CORNERS: tl.constexpr,
+    TILE_H: tl.constexpr,
+    TILE_W: tl.constexpr,
+    SRC: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    UNROLL: tl.constexpr,
+):
+    # Gather form: this program owns source logits [r0, r0 + own_h) x [c0, c0 + own_w) of every class and writes
+    # their whole gradient, so nothing is added atomically and the summation order is fixed. It recomputes the
+    # upsampled logits on the output window that reaches its sources (from the SRC x SRC source window around them,
+    # one source of halo each side), the softmax from the forward's log-sum-exp, and reduces
+    # dL/dz = (softmax - onehot) * coef back through the same separable interpolation matrices:
+    #   z = Wy (X Wx^T),  dL/dX = Wy^T (G Wx),  Wy: (TILE_H, SRC), Wx: (TILE_W, SRC).
+    n = tl.cast(tl.program_id(1), tl.int64)
+    tile_row = tl.program_id(0) // tiles_w
+    r0 = tile_row * own_h
+    c0 = (tl.program_id(0) - tile_row * tiles_w) * own_w
+    ys = first_output(r0, inv_scale_h, ALIGN_CORNERS) + tl.arange(0, TILE_H)
+    xs = first_output(c0, inv_scale_w, ALIGN_CORNERS) + tl.arange(0, TILE_W)
+    # Outputs that reach an owned source; the others may need sources outside the window and are left out.
+    y_ok = reaches(ys, scale_h, in_h, r0, own_h, out_h, ALIGN_CORNERS)
+    x_ok = reaches(xs, scale_w, in_w, c0, own_w, out_w, ALIGN_CORNERS)
+    weights_y = bilinear_weights(ys, y_ok, r0 - 1, SRC, scale_h, in_h, ALIGN_CORNERS)
+    weights_x = bilinear_weights(xs, x_ok, c0 - 1, SRC, scale_w, in_w, ALIGN_CORNERS)
+    weights_x_t = tl.trans(weights_x)
+    weights_y_t = tl.trans(weights_y)
+
+    out_mask = y_ok[:, None] & x_ok[None, :]
+    label_offs = n * stride_label_n + ys[:, None].to(tl.int64) * stride_label_h + xs[None, :] * stride_label_w
+    label = tl.load(labels_ptr + label_offs, mask=out_mask, other=ignore_index)
+    valid = out_mask & (label != ignore_index)
+    # Registers: the class as int32 (-1 where not valid) and the log-sum-exp at +inf there, so that
+    # exp(z - lse) - onehot is exactly 0 on those pixels without a mask kept across the class loop.
+    label = tl.where(valid, label, -1).to(tl.int32)
+    lse = tl.load(lse_ptr + n * out_h * out_w + ys[:, None] * out_w + xs[None, :], mask=valid, other=float("inf"))
+    coef = tl.load(grad_scale_ptr)
+
+    rows = r0 - 1 + tl.arange(0, SRC)
+    cols = c0 - 1 + tl.arange(0, SRC)
+    in_map = ((rows >= 0) & (rows < in_h))[:, None] & ((cols >= 0) & (cols < in_w))[None, :]
+    owned = ((rows >= r0) & (rows < r0 + own_h))[:, None] & ((cols >= c0) & (cols < c0 + own_w))[None, :] & in_map
+    pixels = (rows[:, None] * in_w + cols[None, :]).to(tl.int64)
+    base = logits_ptr + n * stride_n + pixels * stride_p
+    grad_base = grad_ptr + n * stride_grad_n + pixels * stride_grad_p
+    # Unrolled where the registers allow (TF32 dots): exact static instruction counts and overlap across classes;
+    # the fp32 ("ieee") dots keep a runtime loop, which spills when unrolled.
+    if UNROLL:
+        for c in tl.static_range(C):
+            _gather_class(base + c * stride_c, grad_base + c * stride_grad_c, in_map, owned, weights_y, weights_y_t,
+                          weights_x, weights_x_t, lse, label, coef, c, INPUT_PRECISION)  # fmt: skip
+    else:
+        for c in range(C):
+            _gather_class(base + c * stride_c, grad_base + c * stride_grad_c, in_map, owned, weights_y, weights_y_t,
+                          weights_x, weights_x_t, lse, label, coef, c, INPUT_PRECISION)  # fmt: skip
+
+
 # One pixel per lane: BLOCK_P = 32 * num_warps * (pixels per lane).
 _CONFIGS = [triton.Config({"BLOCK_P": block_p}, num_warps=warps) for block_p, warps in ((128, 4), (256, 8), (512, 8))]
-# The interpreter's config: 256 pixels per program, as before the one-pixel-per-lane redesign, so that the
-# gradient's atomic adds reach each source logit in the same order and the 10-step parity test's losses keep their bits.
+# The fixed config (autotuning off): 256 pixels per program, as before the one-pixel-per-lane redesign.
 _FIXED_CONFIG = triton.Config({"BLOCK_P": 256}, num_warps=4)
 _INTERPRET_CONFIG = triton.Config({"BLOCK_P": 4096}, num_warps=4)  # CPU interpreter only (see `tuned`)
+# Gather-form backward: (TILE_H, TILE_W) outputs per program, warps (bench aot: 240 registers, no spill at sm_90).
+_GATHER_TILE = (64, 64, 8)
+# CPU interpreter only: its cost is per program and per op, and a 128-output tile owns 14 sources at the demo's x8
+# (1.2 s against 4.2 s for the scatter form's backward at 2x19x24x48 -> 192x384). Never compiled for a GPU.
+_GATHER_TILE_INTERPRET = (128, 128, 4)
+# The dots' input precision by logits dtype. bf16 / fp16 logits are exact in TF32 (8 / 10 mantissa bits), so
+# tensor cores round only the bilinear weights and the softmax gradient to TF32's 10 bits (relative 2^-11, under
+# the 2^-8 / 2^-11 rounding the gradient gets when cast back to the logits' dtype). fp32 logits keep fp32 FMAs
+# ("ieee"); "tf32x3" (fp32-accurate on tensor cores) spills at this tile.
+_GATHER_PRECISION = {torch.float32: "ieee", torch.bfloat16: "tf32", torch.float16: "tf32"}
 # Partial slots depend on BLOCK_P: zero them between autotune trials so no config's leftovers are summed.
 _FWD = tuned(_upsample_cross_entropy_fwd_kernel, _CONFIGS, _FIXED_CONFIG, ["C", "out_w"],
              ["loss_partial_ptr", "count_partial_ptr"], interpret=_INTERPRET_CONFIG)  # fmt: skip
@@ -307,12 +428,49 @@ def _upsample_cross_entropy_fwd(
     return loss, lse, count
 
 
+def _gather_tile() -> tuple[int, int, int]:
+    return _GATHER_TILE_INTERPRET if interpreting() else _GATHER_TILE
+
+
+def _gather_geometry(logits: Tensor, labels: Tensor, align_corners: bool) -> tuple[int, int] | None:
+    """(own_h, own_w) of the gather-form backward at this shape, or None (the scatter form then runs)."""
+    if os.environ.get("SEGADAPT_CE_BACKWARD", "gather") == "scatter":
+        return None
+    tile_h, tile_w, _ = _gather_tile()
+    own_h = gather_plan(logits.shape[2], labels.shape[1], align_corners, tile_h)
+    own_w = gather_plan(logits.shape[3], labels.shape[2], align_corners, tile_w)
+    return None if own_h is None or own_w is None else (own_h, own_w)
+
+
 def _upsample_cross_entropy_bwd(
     grad_scale: Tensor, logits: Tensor, labels: Tensor, lse: Tensor, align_corners: bool, ignore_index: int
 ) -> Tensor:
-    """Launch the backward kernel. `grad_scale` is a 0-d f32 d(loss)/d(loss_sum). Returns grad of logits."""
-    grad = torch.zeros_like(logits, dtype=torch.float32)  # keeps logits' memory format
+    """Launch the backward kernel. `grad_scale` is a 0-d f32 d(loss)/d(loss_sum). Returns grad of logits.
+
+    The gather form (deterministic, no atomics) wherever `gather_plan` fits the shape: upsampling up to ~x23 at the
+    GPU tile (the segmenters' x8 owns 6 x 6 sources per program) and every downsampling; the scatter form (relaxed
+    atomic adds) otherwise, or with SEGADAPT_CE_BACKWARD=scatter.
+    """
     batch, num_pixels = labels.shape[0], labels.shape[1] * labels.shape[2]
+    plan = _gather_geometry(logits, labels, align_corners)
+    if plan is not None:
+        own_h, own_w = plan
+        tile_h, tile_w, warps = _gather_tile()
+        geometry = _launch_geometry(logits, labels, align_corners, ignore_index)
+        tiles_h, tiles_w = triton.cdiv(logits.shape[2], own_h), triton.cdiv(logits.shape[3], own_w)
+        grad = torch.empty_like(logits, dtype=torch.float32)  # every source is written by one program
+        inverse = [float(np.float32(1.0 / s)) if s > 0 else 0.0 for s in (geometry["scale_h"], geometry["scale_w"])]
+        launch(
+            _upsample_cross_entropy_bwd_gather_kernel, lambda meta: (tiles_h * tiles_w, batch), logits, labels, lse,
+            grad_scale, grad, logits.stride(0), logits.stride(1), pixel_stride(logits, "logits"),
+            grad.stride(0), grad.stride(1), pixel_stride(grad, "grad"),
+            **geometry, inv_scale_h=inverse[0], inv_scale_w=inverse[1], own_h=own_h, own_w=own_w, tiles_w=tiles_w,
+            TILE_H=tile_h, TILE_W=tile_w, SRC=GATHER_SRC, INPUT_PRECISION=_GATHER_PRECISION[logits.dtype],
+            UNROLL=_GATHER_PRECISION[logits.dtype] != "ieee", num_warps=warps,
+            work=batch * num_pixels,
+        )  # fmt: skip
+        return grad.to(logits.dtype)
+    grad = torch.zeros_like(logits, dtype=torch.float32)  # keeps logits' memory format
     launch(
         _BWD, _grid(batch, num_pixels), logits, labels, lse, grad_scale, grad,
         logits.stride(0), logits.stride(1), pixel_stride(logits, "logits"),

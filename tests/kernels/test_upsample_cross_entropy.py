@@ -161,6 +161,51 @@ def test_bilinear_scale_matches_pytorch_float32_rounding():
     assert module.bilinear_scale(5, 1, True) == 0.0
 
 
+# (N, C, h, w, H, W, align_corners): shapes that cut the sources into several gather tiles along both axes.
+GATHER_SHAPES = [
+    (2, 19, 24, 48, 192, 384, False),  # the demo's x8 (stride-8 logits of 384x192 crops)
+    (1, 21, 33, 65, 257, 513, True),  # VOC's 321 crop at 1/8 in miniature: odd sizes, align_corners
+    (1, 19, 17, 30, 131, 97, False),  # non-integer scales, a different one per axis (x7.7 and x3.2)
+    (1, 5, 40, 50, 13, 77, True),  # downsampling in H, upsampling in W
+    (1, 3, 6, 9, 120, 180, False),  # x20: one or two owned sources per tile, near the limit of the GPU tile
+]
+
+
+@pytest.mark.parametrize("shape", GATHER_SHAPES, ids=_name)
+@pytest.mark.parametrize("tile", [(64, 64, 8), (128, 128, 4)], ids=["gpu_tile", "interpreter_tile"])
+def test_gather_backward_matches_reference_and_scatter(shape, tile, monkeypatch):
+    """The gather-form backward (each program owns a block of source logits, recomputes the softmax on the outputs
+    that reach it and reduces through the interpolation matrices; no atomics) equals the reference gradient and the
+    scatter form's, at the GPU's tile as well as the interpreter's, so tile boundaries, halos and the window start
+    (`first_output`, checked by `gather_plan`) are exercised on both geometries."""
+    monkeypatch.setattr(module, "_GATHER_TILE_INTERPRET", tile)
+    *dims, align_corners = shape
+    logits, labels = _make(tuple(dims), torch.channels_last)
+    assert module._gather_geometry(logits, labels, align_corners) is not None, "the gather form should run here"
+    loss, grad = _loss_and_grad(upsample_cross_entropy, logits, labels, align_corners=align_corners)
+    _, want = _loss_and_grad(upsample_cross_entropy_ref, logits, labels, align_corners=align_corners)
+    torch.testing.assert_close(grad, want, atol=1e-6, rtol=1e-4, msg=lambda m: f"[gather grad] {m}")
+    monkeypatch.setenv("SEGADAPT_CE_BACKWARD", "scatter")
+    assert module._gather_geometry(logits, labels, align_corners) is None
+    _, scatter = _loss_and_grad(upsample_cross_entropy, logits, labels, align_corners=align_corners)
+    torch.testing.assert_close(grad, scatter, atol=1e-6, rtol=1e-4, msg=lambda m: f"[gather vs scatter] {m}")
+
+
+def test_gather_plan_owns_what_the_window_can_hold():
+    """Largest own <= 14 whose outputs fit the tile (x8: 6 sources per 64 outputs, 14 per 128); None past ~x23 at
+    the GPU tile (~x50 at the interpreter's),
+    where the scatter form takes over (and then still matches the reference)."""
+    assert module.gather_plan(65, 512, False, 64) == 6
+    assert module.gather_plan(65, 512, False, 128) == 14
+    assert module.gather_plan(512, 65, False, 64) == 14  # downsampling: few outputs per source
+    assert module.gather_plan(2, 256, True, 64) is None
+    logits, labels = _make((1, 4, 2, 3, 256, 200), torch.contiguous_format)
+    assert module._gather_geometry(logits, labels, True) is None
+    _, grad = _loss_and_grad(upsample_cross_entropy, logits, labels, align_corners=True)
+    _, want = _loss_and_grad(upsample_cross_entropy_ref, logits, labels, align_corners=True)
+    torch.testing.assert_close(grad, want, atol=1e-6, rtol=1e-4, msg=lambda m: f"[scatter fallback] {m}")
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("memory_format", FORMATS, ids=["nchw", "channels_last"])
 def test_real_size_cuda(memory_format):
@@ -172,3 +217,21 @@ def test_real_size_cuda(memory_format):
     want_loss, want_grad = _loss_and_grad(upsample_cross_entropy_ref, logits, labels, align_corners=True)
     torch.testing.assert_close(loss, want_loss, atol=1e-5, rtol=1e-5, msg=lambda m: f"[loss] {m}")
     torch.testing.assert_close(grad, want_grad, atol=1e-7, rtol=1e-3, msg=lambda m: f"[logits.grad] {m}")
+
+
+@pytest.mark.gpu
+def test_real_size_bf16_gather_backward_cuda():
+    """bf16 channels-last at the recipe's shape: the gather backward's TF32 dots stay within twice the error that
+    bf16 arithmetic itself makes (three-way bound), and two runs give bitwise the same gradient (no atomics)."""
+    logits = torch.randn(2, 19, 65, 129, device="cuda").to(torch.bfloat16).to(memory_format=torch.channels_last)
+    labels = torch.randint(0, 19, (2, 512, 1024), device="cuda")
+    labels[:, :64] = 255
+    assert module._gather_geometry(logits, labels, False) is not None
+    _, grad = _loss_and_grad(upsample_cross_entropy, logits, labels, align_corners=False)
+    _, again = _loss_and_grad(upsample_cross_entropy, logits, labels, align_corners=False)
+    _, want = _loss_and_grad(upsample_cross_entropy_ref, logits, labels, align_corners=False)
+    _, base = _loss_and_grad(upsample_cross_entropy_ref, logits, labels, align_corners=False, upcast=False)
+    error = (grad.float() - want.float()).abs().max().item()
+    bound = 2 * (base.float() - want.float()).abs().max().item() + 1e-7
+    assert error <= bound, f"[logits.grad] bf16 gather: error {error:.3g} > bound {bound:.3g}"
+    assert torch.equal(grad, again), "[logits.grad] the gather backward differs between two runs"
