@@ -353,6 +353,14 @@ class U2PL(_MethodFields):
     """InfoNCE temperature, contrastive.temperature."""
     queue_length: NonNegativeInt = 0
     """Memory-queue length per class; 0 = official (50000 for class 0, 30000 for the others)."""
+    queue_gather_cap: NonNegativeInt = 0
+    """Rows of negative keys each rank sends to the memory queues per step; 0 = every pixel row (exact, official:
+    the fixed-size all_gather carries all N x h x w x slots rows per rank, ~1.2 GB per rank per step for the Cityscapes
+    recipe on 8 ranks, though most rows are no negative). > 0: each rank first compacts its rows to its newest `cap`
+    negatives, order kept, on the device (no host sync), and the all_gather carries cap rows. Exact while no rank has
+    more negatives than the cap; beyond it that rank's oldest negatives are dropped (the queue would have kept only
+    the newest of them anyway once more than a ring's length arrive) and `diag/queue_dropped` (summed over ranks)
+    counts them on log steps."""
     unsup_weight: NonNegativeFloat = 1.0
     """Weight of the unsupervised loss, trainer.unsupervised.loss_weight."""
     contra_weight: NonNegativeFloat = 1.0

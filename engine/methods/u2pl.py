@@ -209,6 +209,27 @@ def negative_slots(negative: Tensor, slots: int) -> Tensor:
     return torch.where(negative.gather(1, order), order, -1).permute(0, 2, 3, 1)
 
 
+def newest_negatives(keys: Tensor, classes: Tensor, cap: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Compact (M, D) keys with (M,) classes (-1 = no negative) to the newest `cap` negative rows, order kept.
+
+    Device-only (a cumsum and one scatter, no host sync), so the all_gather that follows has a fixed size.
+
+    Returns:
+        keys (cap, D) and classes (cap,) int64: the last `cap` rows with a class >= 0 in their original order,
+        then zero keys with class -1; dropped: 0-d int64, negatives that did not fit.
+    """
+    negative = classes >= 0
+    position = torch.cumsum(negative, 0) - 1  # rank of each negative among the negatives
+    total = negative.sum()
+    first_kept = (total - cap).clamp_min(0)
+    keep = negative & (position >= first_kept)
+    slot = torch.where(keep, position - first_kept, cap)  # rows not kept go to a spill slot, dropped below
+    out_keys = keys.new_zeros(cap + 1, keys.shape[1]).index_copy_(0, slot, keys)[:cap]
+    out_classes = torch.full((cap + 1,), -1, dtype=classes.dtype, device=classes.device)
+    out_classes = out_classes.index_copy_(0, slot, torch.where(keep, classes, -1))[:cap]
+    return out_keys, out_classes, first_kept
+
+
 def contrastive_masks(
     onehot: Tensor, prob: Tensor, low_mask: Tensor, high_mask: Tensor, num_labeled: int, cfg: U2PLConfig
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -401,6 +422,9 @@ class U2PL(Method):
         keys = rep_teacher.permute(0, 2, 3, 1)[..., None, :].expand(-1, -1, -1, slots, -1)
         keys = keys.reshape(-1, rep_teacher.shape[1]).float()
         classes = negative_class.reshape(-1)
+        if self.cfg.queue_gather_cap > 0:
+            keys, classes, dropped = newest_negatives(keys, classes, self.cfg.queue_gather_cap)
+            self.queue_dropped = distributed.all_reduce_sum(dropped)
         self.queue.enqueue(distributed.all_gather_cat(keys), distributed.all_gather_cat(classes))
 
     def _sample_negatives(self, queue_class: Tensor) -> tuple[Tensor, Tensor]:
@@ -518,7 +542,10 @@ class U2PL(Method):
             )
         loss = sup + cfg.unsup_weight * unsup + cfg.contra_weight * contra
         ctx.backward(loss)
-        return {"loss/sup": sup.detach(), "loss/unsup": unsup.detach(), "loss/contra": contra.detach()}
+        out = {"loss/sup": sup.detach(), "loss/unsup": unsup.detach(), "loss/contra": contra.detach()}
+        if cfg.queue_gather_cap > 0 and cfg.contra_weight > 0:
+            out["diag/queue_dropped"] = self.queue_dropped
+        return out
 
 
 def _default_generator(device: torch.device) -> torch.Generator:

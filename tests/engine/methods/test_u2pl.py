@@ -318,6 +318,53 @@ def test_queue_keeps_the_newest_keys_per_class_through_enqueue():
             torch.testing.assert_close(a, b)
 
 
+def test_newest_negatives_keeps_the_last_negative_rows_in_order():
+    """The compaction before the capped all_gather, against a Python list: the last `cap` rows with class >= 0, in
+    order, then class -1 padding, and the count of negatives that did not fit."""
+    g = torch.Generator().manual_seed(3)
+    keys = torch.randn(40, 4, generator=g)
+    classes = torch.randint(-1, 3, (40,), generator=g)
+    classes[::3] = -1
+    rows = [(k, c) for k, c in zip(keys, classes.tolist(), strict=True) if c >= 0]
+    for cap in (1, 7, len(rows), len(rows) + 5):
+        got_keys, got_classes, dropped = u2pl.newest_negatives(keys, classes, cap)
+        kept = rows[-cap:]
+        assert got_keys.shape == (cap, 4) and got_classes.shape == (cap,)
+        assert got_classes[: len(kept)].tolist() == [c for _, c in kept]
+        assert (got_classes[len(kept) :] == -1).all() and (got_keys[len(kept) :] == 0).all()
+        assert torch.equal(got_keys[: len(kept)], torch.stack([k for k, _ in kept]))
+        assert int(dropped) == max(len(rows) - cap, 0)
+
+
+def test_capped_queue_gather_equals_the_full_one_while_the_cap_holds():
+    """method.queue_gather_cap: the queues equal the uncapped ones when every step's negatives fit the cap (the
+    compaction keeps their order), and when they do not, equal enqueuing only each step's newest `cap` negatives."""
+    g = torch.Generator().manual_seed(1)
+    dim = _build(onehot="true")[0].model.rep_channels
+    steps = [(torch.randn(1, dim, 3, 4, generator=g), torch.randint(-1, 3, (1, 3, 4), generator=g)) for _ in range(4)]
+    full, _ = _build(queue_length=6, onehot="true")
+    capped, _ = _build(queue_length=6, onehot="true", queue_gather_cap=12)
+    tight, _ = _build(queue_length=6, onehot="true", queue_gather_cap=2)
+    newest, _ = _build(queue_length=6, onehot="true")
+    for rep_t, classes in steps:
+        full.enqueue(rep_t, classes)
+        capped.enqueue(rep_t, classes)
+        assert int(capped.queue_dropped) == 0
+        tight.enqueue(rep_t, classes)
+        negatives = int((classes >= 0).sum())
+        assert int(tight.queue_dropped) == max(negatives - 2, 0)
+        # the newest two negatives only, enqueued uncapped
+        flat = classes.flatten()
+        order = torch.nonzero(flat >= 0).flatten()[-2:]
+        only = torch.full_like(flat, -1)
+        only[order] = flat[order]
+        newest.enqueue(rep_t, only.view_as(classes))
+    for key in ("queue_storage", "queue_write_ptr", "queue_count"):
+        torch.testing.assert_close(capped.state_dict()[key], full.state_dict()[key], rtol=0, atol=0)
+        torch.testing.assert_close(tight.state_dict()[key], newest.state_dict()[key], rtol=0, atol=0)
+    assert not torch.equal(tight.state_dict()["queue_count"], full.state_dict()["queue_count"])
+
+
 def _student(method):
     return [p.detach().clone() for p in method.model.parameters()]
 
