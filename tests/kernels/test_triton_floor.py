@@ -20,10 +20,18 @@ VENV = Path(os.environ.get("SEGADAPT_TRITON_FLOOR_VENV", Path.home() / ".cache" 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _link_main_env(site_packages: Path) -> None:
+    """(Re)write the .pth that puts this environment's site-packages behind the floor triton: rewritten on every use,
+    since a cached venv built from another checkout's environment would import that checkout's segadapt."""
+    paths = "; ".join(f"site.addsitedir({path!r})" for path in site.getsitepackages())
+    (site_packages / "zz_segadapt_main_env.pth").write_text(f"import site; {paths}\n")
+
+
 def _floor_python() -> Path:
     python = VENV / "bin" / "python"
     probe = [str(python), "-c", "import triton; print(triton.__version__)"]
     if python.exists() and subprocess.run(probe, capture_output=True, text=True).stdout.strip() == FLOOR:
+        _link_main_env(next((VENV / "lib").glob("python3*/site-packages")))
         return python
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(VENV)], check=True)
     site_packages = next((VENV / "lib").glob("python3*/site-packages"))
@@ -31,8 +39,7 @@ def _floor_python() -> Path:
                f"triton=={FLOOR}"]  # fmt: skip
     if subprocess.run(install, capture_output=True, text=True).returncode != 0:
         pytest.skip(f"triton=={FLOOR} could not be installed (no network and no pip cache)")
-    paths = "; ".join(f"site.addsitedir({path!r})" for path in site.getsitepackages())
-    (site_packages / "zz_segadapt_main_env.pth").write_text(f"import site; {paths}\n")
+    _link_main_env(site_packages)
     assert subprocess.run(probe, capture_output=True, text=True).stdout.strip() == FLOOR
     return python
 
