@@ -5,6 +5,8 @@ steps and {"kind": "eval", "step", "miou", "per_class", ...} after each evaluati
 `run_dir/eval/step_*/` folder of prediction PNGs, and writes into `run_dir/report/`:
 
 - `losses.png`: one panel per loss over steps;
+- `diagnosis.png`: one panel per `diag/*` curve the method logs (discriminator accuracies, pseudo-label coverage and
+  accuracy against the labels of data it never trains on, ...), when it logs any;
 - `miou.png`: mIoU over steps with the best evaluation marked;
 - `per_class_iou.png`: per-class IoU bars of the last and the best evaluation;
 - `samples.png`: image / label / prediction for up to 4 images of the newest evaluation;
@@ -84,13 +86,22 @@ def read_metrics(path: str | Path) -> tuple[list[dict], list[dict], list[str]]:
 
 
 def loss_names(train: list[dict]) -> list[str]:
-    """Numeric keys of the train records that are losses (not the step, learning rates or timings), in order."""
+    """Numeric keys of the train records that are losses (not the step, learning rates, timings or `diag/*`)."""
     names: list[str] = []
     for record in train:
         for key, value in record.items():
             is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if is_number and key not in _NOT_LOSSES and not key.startswith("lr/") and key not in names:
+            skip = key in _NOT_LOSSES or key.startswith(("lr/", "diag/"))
+            if is_number and not skip and key not in names:
                 names.append(key)
+    return names
+
+
+def diag_names(train: list[dict]) -> list[str]:
+    """The `diag/*` keys of the train records (a method's diagnosis curves), in order of first appearance."""
+    names: list[str] = []
+    for record in train:
+        names += [key for key in record if key.startswith("diag/") and key not in names]
     return names
 
 
@@ -131,9 +142,9 @@ def _save(figure, path: Path) -> None:
     atomic_write_bytes(path, lambda handle: handle.write(buffer.getvalue()))
 
 
-def plot_losses(train: list[dict], path: Path) -> None:
-    """One panel per loss over steps (or a panel saying there is nothing logged yet)."""
-    names = loss_names(train)
+def plot_losses(train: list[dict], path: Path, names: list[str] | None = None) -> None:
+    """One panel per loss (or per name in `names`) over steps, or a panel saying there is nothing logged yet."""
+    names = loss_names(train) if names is None else names
     columns = min(3, max(len(names), 1))
     rows = max(1, math.ceil(len(names) / columns))
     figure, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3 * rows), squeeze=False)
@@ -271,6 +282,11 @@ def summary_markdown(run_dir: Path, train: list[dict], evals: list[dict], sample
         lines += [f"## Losses at step {train[-1]['step']}", "", "| loss | value |", "|---|---:|"]
         lines += [f"| {name} | {value:.4g} |" for name, value in finals.items()] + [""]
     lines += ["![losses](losses.png)", ""]
+    diagnosis = {n: train[-1][n] for n in diag_names(train[-1:])} if train else {}
+    if diagnosis:
+        lines += [f"## Diagnosis at step {train[-1]['step']}", "", "| curve | value |", "|---|---:|"]
+        lines += [f"| {name} | {value:.4g} |" for name, value in diagnosis.items()]
+        lines += ["", "![diagnosis](diagnosis.png)", ""]
     if last is None:
         lines += ["## Evaluation", "", "No evaluation yet: metrics.jsonl holds no eval record.", ""]
         return "\n".join(lines)
@@ -293,6 +309,8 @@ def write_report(run_dir: str | Path) -> Path:
     train, evals, notes = read_metrics(run_dir / "metrics.jsonl")
     out = run_dir / "report"
     plot_losses(train, out / "losses.png")
+    if diag_names(train):
+        plot_losses(train, out / "diagnosis.png", diag_names(train))
     best, last = best_and_last(evals)
     folder, stems = newest_samples(run_dir)
     if last is not None:

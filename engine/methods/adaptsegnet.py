@@ -43,6 +43,8 @@ from segadapt.methods.base import StepContext
 from segadapt.methods.base import frozen
 from segadapt.methods.base import segmenter_optimizer
 from segadapt.methods.losses import adversarial_loss
+from segadapt.methods.losses import domain_accuracy
+from segadapt.methods.losses import label_agreement
 from segadapt.methods.losses import upsample
 from segadapt.methods.supervised import supervised_loss
 from segadapt.models import build_discriminator
@@ -82,8 +84,13 @@ class AdaptSegNet(Method):
             )
         return specs
 
-    def _d_loss(self, net: nn.Module, pred: Tensor, label: int, size: tuple[int, int]) -> Tensor:
+    def _d_loss(
+        self, net: nn.Module, pred: Tensor, label: int, size: tuple[int, int], diag: tuple[dict, str] | None = None
+    ) -> Tensor:
+        """GAN loss of D on softmax(pred) against `label`; with `diag` = (dict, key), also D's accuracy there."""
         d_out = net(torch.softmax(pred, dim=1))
+        if diag is not None:
+            diag[0][diag[1]] = domain_accuracy(d_out, label, self.cfg.gan)
         return adversarial_loss(d_out, label, self.cfg.gan, upsample_to=size if self.cfg.d_upsample_output else None)
 
     def train_step(self, batch: dict[str, dict[str, Tensor]], ctx: StepContext) -> dict[str, Tensor]:
@@ -117,17 +124,24 @@ class AdaptSegNet(Method):
                     n: upsample(out_source[k].detach(), source_size, cfg.align_corners)
                     for n, (k, _) in self.levels.items()
                 }
+                # diag/<level>_acc_source | _target: D's accuracy on each domain during its update (0.5 = fooled).
                 loss_d_source = sum(
-                    self._d_loss(self.d_nets[n], p, cfg.source_label, source_size) / 2 for n, p in pred_source.items()
-                )
+                    self._d_loss(self.d_nets[n], p, cfg.source_label, source_size, (losses, f"diag/{n}_acc_source"))
+                    / 2 for n, p in pred_source.items()
+                )  # fmt: skip
             ctx.backward(loss_d_source)
             with ctx.autocast():
                 loss_d_target = sum(
-                    self._d_loss(self.d_nets[n], p.detach(), cfg.target_label, target_size) / 2
+                    self._d_loss(self.d_nets[n], p.detach(), cfg.target_label, target_size,
+                                 (losses, f"diag/{n}_acc_target")) / 2
                     for n, p in pred_target.items()
-                )
+                )  # fmt: skip
             ctx.backward(loss_d_target)
             losses["loss/d"] = (loss_d_source + loss_d_target).detach()
+        # diag/target_acc: the segmenter's pixel accuracy on the target batch against its labels, never trained on.
+        losses["diag/target_acc"] = label_agreement(
+            upsample(out_target["main"].detach(), target_size, cfg.align_corners).argmax(1), target["label"]
+        )
 
         ctx.step("model")
         if self.levels:

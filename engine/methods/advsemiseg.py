@@ -72,6 +72,8 @@ from segadapt.methods.base import OptimizerSpec
 from segadapt.methods.base import StepContext
 from segadapt.methods.base import frozen
 from segadapt.methods.base import segmenter_optimizer
+from segadapt.methods.losses import domain_accuracy
+from segadapt.methods.losses import label_agreement
 from segadapt.methods.losses import seg_loss
 from segadapt.methods.losses import upsample
 from segadapt.models import build_discriminator
@@ -149,9 +151,10 @@ class AdvSemiSeg(Method):
         pred = upsample(logits, tuple(image.shape[-2:]), self.cfg.align_corners)
         return logits, pred, self.discriminators["confidence"](torch.softmax(pred, dim=1))
 
-    def _unlabeled_branch(self, image: Tensor, ctx: StepContext, losses: dict[str, Tensor]) -> Tensor:
+    def _unlabeled_branch(self, data: dict[str, Tensor], ctx: StepContext, losses: dict[str, Tensor]) -> Tensor:
         """Step 1: L_semi_adv (and L_semi from semi_start) on unlabelled images; returns pred detached (N, C, H, W)."""
-        cfg, size = self.cfg, tuple(image.shape[-2:])
+        cfg, image = self.cfg, data["image"]
+        size = tuple(image.shape[-2:])
         with ctx.autocast():
             logits, pred, d_out = self._forward(image)
             loss_semi_adv, confidence = upsample_bce(
@@ -167,6 +170,14 @@ class AdvSemiSeg(Method):
             losses["loss/semi"] = loss_semi.detach()
         ctx.backward(loss)
         losses["loss/semi_adv"] = loss_semi_adv.detach()
+        # Diagnosis against the unlabelled images' own labels (never trained on): the share of pixels D trusts
+        # (confidence > T_semi, what L_semi would train on), the argmax accuracy there and over every pixel.
+        with torch.no_grad():
+            trusted = confidence > cfg.mask_t
+            argmax = pred.detach().argmax(1)
+            losses["diag/pl_coverage"] = trusted.float().mean()
+            losses["diag/pl_acc_trusted"] = label_agreement(argmax, data["label"], trusted)
+            losses["diag/pl_acc_all"] = label_agreement(argmax, data["label"])
         return pred.detach()
 
     def _labeled_branch(self, data: dict[str, Tensor], ctx: StepContext, losses: dict[str, Tensor]) -> Tensor:
@@ -209,6 +220,7 @@ class AdvSemiSeg(Method):
             d_fake = discriminator(torch.softmax(pred, dim=1))
             loss_fake = upsample_bce(d_fake, size, fake_target, align_corners=cfg.align_corners) / 2
         ctx.backward(loss_fake)
+        losses["diag/d_acc_fake"] = domain_accuracy(d_fake, cfg.pred_label)  # D's accuracy on each input kind
         real = one_hot_labels(real_label, self.num_classes, memory_format=torch.channels_last)
         with ctx.autocast():
             d_real = discriminator(real)
@@ -217,6 +229,7 @@ class AdvSemiSeg(Method):
             loss_real = upsample_bce(d_real, real_size, real_target, align_corners=cfg.align_corners) / 2
         ctx.backward(loss_real)
         losses["loss/d"] = (loss_fake + loss_real).detach()
+        losses["diag/d_acc_real"] = domain_accuracy(d_real, cfg.gt_label)
 
     def train_step(self, batch: dict[str, dict[str, Tensor]], ctx: StepContext) -> dict[str, Tensor]:
         losses: dict[str, Tensor] = {}
@@ -224,7 +237,7 @@ class AdvSemiSeg(Method):
         remain = None
         with frozen(self.discriminators):
             if self.uses_unlabeled and ctx.step_index >= self.cfg.semi_start_adv:
-                remain = self._unlabeled_branch(batch["unlabeled"]["image"], ctx, losses)
+                remain = self._unlabeled_branch(batch["unlabeled"], ctx, losses)
             pred = self._labeled_branch(labeled, ctx, losses)
         real_label = batch["labeled_real"]["label"] if self.cfg.d_real_stream else labeled["label"]
         self._discriminator_step(pred, labeled["label"], remain, real_label, ctx, losses)

@@ -42,3 +42,34 @@ def adversarial_loss(d_out: Tensor, label: int, gan: str, upsample_to: tuple[int
     if kind == "bce":
         return F.binary_cross_entropy_with_logits(d_out, target)
     return F.mse_loss(d_out, target)
+
+
+# ------------------------------------------------------------------------------------------------------ diagnosis
+# `diag/*` entries of a method's step dict: detached device tensors (no host read in the step; the trainer reads them
+# with the losses on logging steps only), plotted apart from the losses by `segadapt report`. Labels the method never
+# trains on (a UDA target batch's, an unlabelled batch's) may be read here, for diagnosis only: on data without such
+# labels (all 255) the accuracies read 0 over no pixel.
+
+
+@torch.no_grad()
+def label_agreement(pred: Tensor, label: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Share of labelled pixels (label != 255), within `mask` where given, at which `pred` equals the label.
+
+    Args:
+        pred: (N, H, W) int64 class map; label: (N, H, W) int64 trainIds, 255 = unlabelled; mask: (N, H, W) bool.
+
+    Returns:
+        0-d float32 in [0, 1] (0 when no pixel counts).
+    """
+    valid = label != 255
+    if mask is not None:
+        valid = valid & mask
+    return ((pred == label) & valid).sum().float() / valid.sum().clamp_min(1).float()
+
+
+@torch.no_grad()
+def domain_accuracy(d_out: Tensor, label: int, gan: str = "vanilla") -> Tensor:
+    """Share of a discriminator's map cells that name `label` (0/1): logits > 0 mean 1 for a vanilla GAN, outputs
+    > 0.5 for a least-squares one. 0-d float32."""
+    says_one = d_out.float() > (0.0 if gan == "vanilla" else 0.5)
+    return (says_one == bool(label)).float().mean()

@@ -93,6 +93,7 @@ from segadapt.kernels.upsample_cross_entropy import upsample_cross_entropy
 from segadapt.methods.base import Method
 from segadapt.methods.base import OptimizerSpec
 from segadapt.methods.base import StepContext
+from segadapt.methods.losses import label_agreement
 
 __all__ = ["Discriminator", "Generator", "LSDSeg", "ResBlock", "build", "feature_keys", "label_for_d"]
 
@@ -369,8 +370,16 @@ class LSDSeg(Method):
         ctx.step("discriminator")
         ctx.step("generator")
         ctx.step("model")
+        with torch.no_grad():  # diagnosis (issue 18): D's 4-way domain accuracy; F's accuracy on the target batch
+            d_acc = sum(
+                (out.argmax(1) == cls).float().mean()
+                for out, cls in ((src_real_s, 0), (src_fake_s, 1), (tgt_real_s, 2), (tgt_fake_s, 3))
+            ) / 4  # fmt: skip
+            size = tuple(target["image"].shape[-2:])
+            target_pred = F.interpolate(out_tgt["main"].float(), size, mode="bilinear", align_corners=cfg.align_corners)
+            target_acc = label_agreement(target_pred.argmax(1), target["label"])
         return {"loss/seg": seg.detach() / n, "loss/d": loss_d.detach(), "loss/g": loss_g.detach(),
-                "loss/f": loss_f.detach()}  # fmt: skip
+                "loss/f": loss_f.detach(), "diag/d_acc": d_acc, "diag/target_acc": target_acc}  # fmt: skip
 
     @staticmethod
     def _trainable(module: nn.Module) -> list[Tensor]:

@@ -354,12 +354,29 @@ class MixMatch(Method):
         with ctx.autocast():
             pool5 = self.net(patches, output="pool5")["pool5"]
         features = F.normalize(pool5.float().flatten(1), dim=1)
-        loss = triplet_loss(
-            features, features[positive], features[negative], kept & has_positive & has_negative, self.cfg.margin
-        )
+        counted = kept & has_positive & has_negative
+        loss = triplet_loss(features, features[positive], features[negative], counted, self.cfg.margin)
         ctx.backward(loss)
         ctx.step("model")
-        return {"loss/triplet": loss.detach()}
+        diagnosis = triplet_margins(features.detach(), positive, negative, counted, self.cfg.margin)
+        return {"loss/triplet": loss.detach(), **diagnosis}
+
+
+@torch.no_grad()
+def triplet_margins(features: Tensor, positive: Tensor, negative: Tensor, mask: Tensor, margin: float) -> dict:
+    """Diagnosis of the triplet loss (issue 18): over the counted triplets, the mean of |q-n|^2 - |q-p|^2 (how far
+    negatives sit beyond positives), the share violating the margin (hinge > 0, the ones that train) and the share
+    with the negative closer than the positive (wrong order). 0 when no triplet counts."""
+    d_pos = (features - features[positive]).square().sum(dim=1)
+    d_neg = (features - features[negative]).square().sum(dim=1)
+    gap = d_neg - d_pos
+    weight = mask.float()
+    count = weight.sum().clamp_min(1.0)
+    return {
+        "diag/triplet_gap": (gap * weight).sum() / count,
+        "diag/triplet_active": ((gap < margin).float() * weight).sum() / count,
+        "diag/triplet_wrong_order": ((gap < 0).float() * weight).sum() / count,
+    }
 
 
 def build(model: nn.Module, cfg: Config) -> Method:

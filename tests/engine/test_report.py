@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from segadapt.report import best_and_last
+from segadapt.report import diag_names
 from segadapt.report import loss_names
 from segadapt.report import read_metrics
 from segadapt.report import write_report
@@ -75,6 +76,25 @@ def test_report_of_an_evaluated_run(tmp_path):
     assert not list(report.glob(".*.tmp"))  # atomic writes leave no temp files
 
 
+def test_diagnosis_curves_get_their_own_plot_and_table(tmp_path):
+    """`diag/*` entries (what the methods log for diagnosis) are kept out of the loss panels and plotted apart."""
+    run_dir = _write_run(tmp_path / "run")
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    for record in records:
+        if record["kind"] == "train":
+            record["diag/pl_coverage"] = record["step"] / 200
+            record["diag/d_acc_real"] = 0.75
+    (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    train, _, _ = read_metrics(run_dir / "metrics.jsonl")
+    assert loss_names(train) == ["loss/seg", "loss/adv"]
+    assert diag_names(train) == ["diag/pl_coverage", "diag/d_acc_real"]
+    summary = write_report(run_dir).read_text()
+    assert _decodes(run_dir / "report" / "diagnosis.png")[0] > 50
+    assert "| diag/pl_coverage | 0.5 |" in summary and "(diagnosis.png)" in summary
+    assert "| diag/d_acc_real" not in summary.split("## Diagnosis")[0]  # not among the losses
+
+
 def test_samples_grid_has_one_row_per_image_up_to_four(tmp_path):
     run_dir = _write_run(tmp_path / "run")
     write_report(run_dir)
@@ -94,6 +114,7 @@ def test_report_without_evaluation(tmp_path):
     assert "- steps: 100" in summary
     assert _decodes(run_dir / "report" / "losses.png")[0] > 50
     assert not (run_dir / "report" / "miou.png").exists()
+    assert not (run_dir / "report" / "diagnosis.png").exists()  # nothing to diagnose: no plot
 
 
 def test_read_metrics_keeps_the_last_record_of_a_repeated_step(tmp_path):

@@ -233,7 +233,8 @@ def test_full_data_setting_reads_no_unlabeled_stream():
     batch = _batch(SIZE)
     batch.pop("unlabeled")
     losses = method.train_step(batch, ctx)
-    assert set(losses) == {"loss/seg", "loss/adv_pred", "loss/d"}
+    assert {k for k in losses if k.startswith("loss/")} == {"loss/seg", "loss/adv_pred", "loss/d"}
+    assert {k for k in losses if k.startswith("diag/")} == {"diag/d_acc_fake", "diag/d_acc_real"}  # no unlabelled
 
 
 def test_d_target_masks_ignore_pixels():
