@@ -99,6 +99,12 @@ def report(results_dir: Path = RESULTS_DIR) -> Path:
     page = results_dir / "REPORT.md"
     page.write_text("\n".join(parts).rstrip() + "\n")
     print(f"wrote {page}" + (f" and {chart}" if chart else ""))
+    from segadapt.bench.methods import update_readme
+
+    readme = results_dir.parents[1] / "README.md"  # the checkout's README (absent in an installed package)
+    lanes = update_readme(readme, results_dir / "methods")
+    if lanes:
+        print(f"rewrote the README's methods tables: {', '.join(lanes)}")
     return page
 
 

@@ -689,6 +689,53 @@ def report_sections(directory: Path = METHODS_RESULTS) -> list[str]:
     return sections
 
 
+README_BLOCK = re.compile(
+    r"(<!-- methods:(?P<lane>[\w-]+) begin -->\n)(?P<body>.*?)(<!-- methods:(?P=lane) end -->)", re.S
+)
+"""A README block the protocol's JSON fills: `<!-- methods:LANE begin -->` ... `<!-- methods:LANE end -->`."""
+
+
+def readme_block(payload: dict[str, Any]) -> str:
+    """The README's text for one lane: provenance, then each table as the lane's page has it (no timing, no plot)."""
+    held = "held-out data seeds" if payload["held_out"] else "INCLUDES the tuning data seed 0"
+    kind = "QUICK plumbing run, not a measurement: " if payload["quick"] else ""
+    lines = [f"{kind}training seeds {payload['seeds']} x data seeds {payload['data_seeds']} ({held}), "
+             f"{payload.get('timestamp')}, git `{payload.get('git_sha')}`, `{payload['command']}`; written by "
+             "`python -m segadapt.bench report` from "
+             f"`bench/results/methods/{payload['lane']}-*.json`, do not edit by hand.", ""]  # fmt: skip
+    for table in payload["tables"]:
+        lines += [*_table_markdown(table), ""]
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, directory: Path = METHODS_RESULTS) -> list[str]:
+    """Rewrite every methods block of `readme` whose lane has a (non-quick) result JSON in `directory`; returns the
+    lanes written. Blocks of lanes without results are left as they are."""
+    if not Path(readme).is_file():
+        return []
+    payloads = {}
+    for path in sorted(Path(directory).glob("*.json")):
+        payload = json.loads(path.read_text())
+        if payload.get("bench") == "methods" and not payload.get("quick"):
+            payloads[payload["lane"]] = payload  # one device per lane here; the last file name wins
+    text = Path(readme).read_text()
+    written: list[str] = []
+
+    def fill(match: re.Match) -> str:
+        payload = payloads.get(match["lane"])
+        if payload is None:
+            return match[0]
+        written.append(match["lane"])
+        return match[1] + readme_block(payload) + match[4]
+
+    updated = README_BLOCK.sub(fill, text)
+    if updated != text:
+        from segadapt.checkpoint import atomic_write_text
+
+        atomic_write_text(Path(readme), updated)
+    return written
+
+
 # ------------------------------------------------------------------------------------------------------------ CLI
 def parse_seeds(text: str, flag: str) -> list[int]:
     """ "1-5", "1,2,7" or "1-3,7" -> sorted distinct ints; a ValueError naming the flag otherwise."""

@@ -140,6 +140,24 @@ def test_quick_lane_end_to_end_and_resumable(tmp_path):
     (section,) = methods.report_sections(out)
     assert "](methods/" + path.with_suffix(".png").name + ")" in section
 
+    # The README's tables come from the JSON: its marked block for the lane is rewritten, others are left alone,
+    # and a quick payload never lands in the README.
+    readme = tmp_path / "README.md"
+    blocks = "".join(f"<!-- methods:{lane} begin -->\nold text\n<!-- methods:{lane} end -->\n"
+                     for lane in ("uda-lsd", "semi"))  # fmt: skip
+    readme.write_text("# title\n" + blocks + "tail\n")
+    assert methods.update_readme(readme, out) == []  # only the quick JSON exists
+    measured = tmp_path / "measured"
+    measured.mkdir()
+    (measured / "uda-lsd-cpu.json").write_text(json.dumps({**payload, "quick": False}))
+    assert methods.update_readme(readme, measured) == ["uda-lsd"]
+    text = readme.read_text()
+    lsd_block = text.split("<!-- methods:uda-lsd begin -->")[1].split("<!-- methods:uda-lsd end -->")[0]
+    assert "old text" not in lsd_block and "| LSD-seg | method | 2 |" in lsd_block
+    assert "do not edit by hand" in lsd_block
+    assert "<!-- methods:semi begin -->\nold text\n<!-- methods:semi end -->" in text
+    assert text.startswith("# title\n") and text.endswith("tail\n")
+
 
 def test_dry_run_prints_every_command_and_runs_nothing(tmp_path, capsys):
     runs = tmp_path / "runs"
