@@ -160,8 +160,9 @@ def gather_plan(in_size: int, out_size: int, align_corners: bool, tile: int) -> 
     GATHER_SRC sources from r0 - 1 and the `tile` outputs from `first_output(r0)`, recomputes the loss gradient there
     and reduces it onto its owned sources: every source is written by exactly one program, no atomics, the same
     summation order on every run. The largest own <= GATHER_SRC - 2 is taken for which, on every tile, the outputs
-    reaching the owned sources lie inside the output window with one coordinate of margin each side (the kernel's
-    float32 index math may differ from this float64 check by one at a boundary). Shapes only: no device access.
+    reaching the owned sources lie inside the output window with two coordinates of margin each side (the kernel's
+    float32 index math, for the window start and for the outputs' source indices, may each differ from this float64
+    check by one at a boundary). Shapes only: no device access.
     """
     scale = bilinear_scale(in_size, out_size, align_corners)
     inv = float(np.float32(1.0 / scale)) if scale > 0 else 0.0
@@ -178,7 +179,7 @@ def gather_plan(in_size: int, out_size: int, align_corners: bool, tile: int) -> 
             lo, hi = int(np.argmax(hit)), int(out_size - 1 - np.argmax(hit[::-1]))
             raw = (first - 1) * inv if align_corners else (first - 0.5) * inv - 0.5
             start = max(int(np.floor(raw)) - 2, 0)
-            if not ((start == 0 or start <= lo - 1) and hi <= start + tile - 2):
+            if not ((start == 0 or start <= lo - 2) and hi <= start + tile - 3):
                 fits = False
                 break
         if fits:

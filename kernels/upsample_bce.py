@@ -19,7 +19,7 @@ from L2) and writes the p*4-byte fp32 gradient once. Forward: one output pixel p
 Backward, gather form (default): a program owns a block of the discriminator map (6 x 6 at x32 with 256 x 256-output
 tiles, chosen per axis by `_gather_axis`), recomputes z = Wy (X Wx^T) on the outputs that reach it, 16 rows per loop
 trip, and writes dL/dX = Wy^T (G Wx): no atomics, one summation order on every run (the scatter form sent every
-output pixel's 4 adds into only N x h x w addresses). Where the window cannot hold a source's outputs (beyond ~x100)
+output pixel's 4 adds into only N x h x w addresses). Where the window cannot hold a source's outputs (beyond ~x83)
 the scatter form runs (relaxed atomics, order not fixed).
 Ahead of time (bench aot, sm_90, 8x1x16x32 -> 512x1024): forward 3.5-3.7 warp instructions per output pixel,
 gather backward ~5 (constant target) and ~8 (uint8/int64 target map; runtime loop counted per trip), 74-80
@@ -426,7 +426,7 @@ def _upsample_bce_bwd(
 ) -> Tensor:
     """Launch the backward kernel. `grad_scale` is a 0-d f32 d(loss)/d(loss_sum). Returns grad of d_logits.
 
-    The gather form (deterministic, no atomics) wherever `gather_plan` fits the shape (upsampling up to ~x100 at the
+    The gather form (deterministic, no atomics) wherever `gather_plan` fits the shape (upsampling up to ~x83 at the
     256-output tile: the discriminators' x32 owns 6 x 6 sources per program); the scatter form (relaxed atomic adds)
     otherwise, or with SEGADAPT_BCE_BACKWARD=scatter.
     """

@@ -29,8 +29,8 @@ matrices, Wy^T (G Wx): four small dots per class, no atomics, every source writt
 is bitwise deterministic run to run. The cost is the overlap (outputs near a block edge are recomputed by the
 neighbour: 64 x 64 computed per ~48 x 48 owned at x8). The dots run on tensor cores in TF32 for bf16 / fp16 logits
 (exact in TF32) and as fp32 FMAs for fp32 logits (see _GATHER_PRECISION). Where the window cannot hold a source's
-outputs (upsampling beyond ~x23, `gather_plan` returns None) the scatter form runs: one output pixel per lane,
-4 relaxed fp32 atomic adds per class (plain RED in SASS), order not fixed, ~1 ulp run to run.
+outputs (upsampling beyond ~x19 at the 64-output tile: `gather_plan` returns None) the scatter form runs: one output
+pixel per lane, 4 relaxed fp32 atomic adds per class (plain RED in SASS), order not fixed, ~1 ulp run to run.
 
 Ahead of time (`python -m segadapt.bench aot`, sm_90, N=8, C=19 bf16 channels-last 65x129 -> 512x1024;
 bench/results/kernels-aot-sm90.json has every config and sm_80): forward ~21 warp instructions per output pixel;
@@ -447,7 +447,7 @@ def _upsample_cross_entropy_bwd(
 ) -> Tensor:
     """Launch the backward kernel. `grad_scale` is a 0-d f32 d(loss)/d(loss_sum). Returns grad of logits.
 
-    The gather form (deterministic, no atomics) wherever `gather_plan` fits the shape: upsampling up to ~x23 at the
+    The gather form (deterministic, no atomics) wherever `gather_plan` fits the shape: upsampling up to ~x19 at the
     GPU tile (the segmenters' x8 owns 6 x 6 sources per program) and every downsampling; the scatter form (relaxed
     atomic adds) otherwise, or with SEGADAPT_CE_BACKWARD=scatter.
     """

@@ -167,7 +167,7 @@ GATHER_SHAPES = [
     (1, 21, 33, 65, 257, 513, True),  # VOC's 321 crop at 1/8 in miniature: odd sizes, align_corners
     (1, 19, 17, 30, 131, 97, False),  # non-integer scales, a different one per axis (x7.7 and x3.2)
     (1, 5, 40, 50, 13, 77, True),  # downsampling in H, upsampling in W
-    (1, 3, 6, 9, 120, 180, False),  # x20: one or two owned sources per tile, near the limit of the GPU tile
+    (1, 3, 6, 9, 108, 162, False),  # x18: two owned sources per tile, near the limit of the GPU tile
 ]
 
 
@@ -192,8 +192,8 @@ def test_gather_backward_matches_reference_and_scatter(shape, tile, monkeypatch)
 
 
 def test_gather_plan_owns_what_the_window_can_hold():
-    """Largest own <= 14 whose outputs fit the tile (x8: 6 sources per 64 outputs, 14 per 128); None past ~x23 at
-    the GPU tile (~x50 at the interpreter's),
+    """Largest own <= 14 whose outputs fit the tile (x8: 6 sources per 64 outputs, 14 per 128); None past ~x19 at
+    the GPU tile (~x41 at the interpreter's),
     where the scatter form takes over (and then still matches the reference)."""
     assert module.gather_plan(65, 512, False, 64) == 6
     assert module.gather_plan(65, 512, False, 128) == 14
