@@ -355,6 +355,7 @@ def _time_run(run, args: argparse.Namespace, train_step, check_finite) -> dict[s
     reset_peak = (lambda: torch.cuda.reset_peak_memory_stats(run.device)) if cuda else None
     seconds, losses = time_steps(lambda index: train_step(run, index), args.warmup, args.steps, sync, reset_peak)
     peak = torch.cuda.max_memory_allocated(run.device) / 2**30 if cuda else None
+    losses = {name: value for name, value in losses.items() if name.startswith("loss/")}  # not the diag/* curves
     values = check_finite(losses, args.warmup + args.steps)  # note: host sync, after the timed window
     phases = profile_steps(run, args.warmup + args.steps, args.profile_steps, sync)
     images = images_per_step(run)

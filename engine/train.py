@@ -160,8 +160,9 @@ def train_step(run: Run, step: int) -> dict[str, torch.Tensor]:
         batch = {name: run.streams.next(name) for name in run.method.streams}
         losses = run.method.train_step(batch, run.ctx)
     if run.cfg.train.official_host_roundtrips:
-        for value in losses.values():
-            value.item()  # note: host sync on EVERY step, on purpose: the official loop's per-step loss reads
+        for name, value in losses.items():
+            if name.startswith("loss/"):  # the official loops read their losses, not segadapt's diag/* curves
+                value.item()  # note: host sync on EVERY step, on purpose: the official loop's per-step loss reads
     run.ctx.scaler.update()
     return losses
 
