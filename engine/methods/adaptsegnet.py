@@ -138,10 +138,12 @@ class AdaptSegNet(Method):
                 )  # fmt: skip
             ctx.backward(loss_d_target)
             losses["loss/d"] = (loss_d_source + loss_d_target).detach()
-        # diag/target_acc: the segmenter's pixel accuracy on the target batch against its labels, never trained on.
-        losses["diag/target_acc"] = label_agreement(
-            upsample(out_target["main"].detach(), target_size, cfg.align_corners).argmax(1), target["label"]
-        )
+        # diag/target_acc: the segmenter's pixel accuracy on the target batch against its labels, never trained on
+        # (where the batch carries them: the loaders always do; a caller may pass images only).
+        if "label" in target:
+            losses["diag/target_acc"] = label_agreement(
+                upsample(out_target["main"].detach(), target_size, cfg.align_corners).argmax(1), target["label"]
+            )
 
         ctx.step("model")
         if self.levels:

@@ -176,8 +176,9 @@ class AdvSemiSeg(Method):
             trusted = confidence > cfg.mask_t
             argmax = pred.detach().argmax(1)
             losses["diag/pl_coverage"] = trusted.float().mean()
-            losses["diag/pl_acc_trusted"] = label_agreement(argmax, data["label"], trusted)
-            losses["diag/pl_acc_all"] = label_agreement(argmax, data["label"])
+            if "label" in data:  # the loaders always give one; a caller may pass images only
+                losses["diag/pl_acc_trusted"] = label_agreement(argmax, data["label"], trusted)
+                losses["diag/pl_acc_all"] = label_agreement(argmax, data["label"])
         return pred.detach()
 
     def _labeled_branch(self, data: dict[str, Tensor], ctx: StepContext, losses: dict[str, Tensor]) -> Tensor:

@@ -372,14 +372,16 @@ class LSDSeg(Method):
         ctx.step("model")
         with torch.no_grad():  # diagnosis (issue 18): D's 4-way domain accuracy; F's accuracy on the target batch
             d_acc = sum(
-                (out.argmax(1) == cls).float().mean()
-                for out, cls in ((src_real_s, 0), (src_fake_s, 1), (tgt_real_s, 2), (tgt_fake_s, 3))
+                (scores.argmax(1) == cls).float().mean()
+                for scores, cls in ((src_real_s, 0), (src_fake_s, 1), (tgt_real_s, 2), (tgt_fake_s, 3))
             ) / 4  # fmt: skip
-            size = tuple(target["image"].shape[-2:])
-            target_pred = F.interpolate(out_tgt["main"].float(), size, mode="bilinear", align_corners=cfg.align_corners)
-            target_acc = label_agreement(target_pred.argmax(1), target["label"])
-        return {"loss/seg": seg.detach() / n, "loss/d": loss_d.detach(), "loss/g": loss_g.detach(),
-                "loss/f": loss_f.detach(), "diag/d_acc": d_acc, "diag/target_acc": target_acc}  # fmt: skip
+            out = {"loss/seg": seg.detach() / n, "loss/d": loss_d.detach(), "loss/g": loss_g.detach(),
+                   "loss/f": loss_f.detach(), "diag/d_acc": d_acc}  # fmt: skip
+            if "label" in target:  # the loaders always give one; a caller may pass images only
+                size = tuple(target["image"].shape[-2:])
+                pred = F.interpolate(out_tgt["main"].float(), size, mode="bilinear", align_corners=cfg.align_corners)
+                out["diag/target_acc"] = label_agreement(pred.argmax(1), target["label"])
+        return out
 
     @staticmethod
     def _trainable(module: nn.Module) -> list[Tensor]:

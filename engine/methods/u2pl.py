@@ -506,10 +506,12 @@ class U2PL(Method):
             pseudo, _, _ = pseudo_label(upsample(logits_u.float(), size_u, cfg.align_corners))
             coin = torch.rand((), device=image_u.device) < cfg.cutmix_p
             uniforms = torch.rand(image_u.shape[0], 3, device=image_u.device, dtype=torch.float64)
-            hidden = unlabeled["label"]  # diagnosis only: the unlabelled images' own labels, never trained on
-            pseudo_acc = label_agreement(pseudo, hidden)
+            # Diagnosis only: the unlabelled images' own labels, never trained on (a caller may pass images only).
+            hidden = unlabeled.get("label")
+            pseudo_acc = None if hidden is None else label_agreement(pseudo, hidden)
             image_u, pseudo, box = cutmix(image_u, pseudo, coin, uniforms)
-            hidden = torch.where(box, hidden.roll(-1, dims=0), hidden)
+            if hidden is not None:
+                hidden = torch.where(box, hidden.roll(-1, dims=0), hidden)
             image_all = torch.cat((image_l, image_u))
             if image_l.is_contiguous(memory_format=torch.channels_last):
                 image_all = image_all.contiguous(memory_format=torch.channels_last)
@@ -549,9 +551,10 @@ class U2PL(Method):
         out = {"loss/sup": sup.detach(), "loss/unsup": unsup.detach(), "loss/contra": contra.detach()}
         # Pseudo-label quality against the unlabelled images' labels: the teacher's map before CutMix, and on the
         # reliable pixels the unsupervised loss trains on (after CutMix, labels mixed by the same box).
-        out["diag/pl_acc_all"] = pseudo_acc
         out["diag/pl_reliable_share"] = reliable.float().mean()
-        out["diag/pl_acc_reliable"] = label_agreement(pseudo, hidden, reliable)
+        if hidden is not None:
+            out["diag/pl_acc_all"] = pseudo_acc
+            out["diag/pl_acc_reliable"] = label_agreement(pseudo, hidden, reliable)
         if cfg.queue_gather_cap > 0 and cfg.contra_weight > 0:
             out["diag/queue_dropped"] = self.queue_dropped
         return out

@@ -142,3 +142,22 @@ def test_lsdseg_logs_discriminator_and_target_accuracy():
         size = tgt["image"].shape[-2:]
         pred = F.interpolate(logits, size=size, mode="bilinear", align_corners=method.cfg.align_corners).argmax(1)
     assert out["diag/target_acc"].item() == pytest.approx(label_agreement(pred, tgt["label"]).item())
+
+
+@pytest.mark.parametrize("name", ["adaptsegnet", "advsemiseg", "lsdseg", "u2pl"])
+def test_batches_without_hidden_labels_train_and_skip_those_curves(name):
+    """A caller may pass target / unlabelled batches as images only (the official loaders' items, the parity
+    scripts): the step runs, and only the curves that need those labels are left out."""
+    from test_methods import _build
+
+    method, ctx, _ = _build(name, iter_size=2)
+    if name == "u2pl":
+        ctx.step_index = 1
+    batch = _batch()
+    with_labels = method.train_step(batch, ctx)
+    for stream in ("target", "unlabeled"):
+        batch[stream] = {"image": batch[stream]["image"]}
+    without = method.train_step(batch, ctx)
+    needs_labels = {"diag/target_acc", "diag/pl_acc_trusted", "diag/pl_acc_all", "diag/pl_acc_reliable"}
+    assert set(with_labels) - set(without) == needs_labels & set(with_labels) != set()
+    assert all(torch.isfinite(v) for v in without.values())
