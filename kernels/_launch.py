@@ -115,6 +115,25 @@ def reaches(dst, scale, in_size, first_src, own, out_size, ALIGN_CORNERS: tl.con
 
 
 @triton.jit
+def owned_block(own_h, own_w, tiles_w, in_h, in_w, SRC: tl.constexpr):
+    """A gather-form backward program's block: batch index n (int64), first owned source row r0 and column c0, and
+    over the SRC x SRC source window from (r0 - 1, c0 - 1): inside-the-map mask, owned mask, pixel indices (int64).
+
+    Grid (tiles_h * tiles_w, N); program p owns rows [r0, r0 + own_h) x columns [c0, c0 + own_w) of every image.
+    """
+    n = tl.cast(tl.program_id(1), tl.int64)
+    tile_row = tl.program_id(0) // tiles_w
+    r0 = tile_row * own_h
+    c0 = (tl.program_id(0) - tile_row * tiles_w) * own_w
+    rows = r0 - 1 + tl.arange(0, SRC)
+    cols = c0 - 1 + tl.arange(0, SRC)
+    in_map = ((rows >= 0) & (rows < in_h))[:, None] & ((cols >= 0) & (cols < in_w))[None, :]
+    owned = ((rows >= r0) & (rows < r0 + own_h))[:, None] & ((cols >= c0) & (cols < c0 + own_w))[None, :] & in_map
+    pixels = (rows[:, None] * in_w + cols[None, :]).to(tl.int64)
+    return n, r0, c0, in_map, owned, pixels
+
+
+@triton.jit
 def bilinear_gather(base, pixels, lam, stride_p, mask):
     """Bilinear value of base[pixel * stride_p] in fp32, associated as upsample_bilinear2d does:
     lh0 * (lw0 * x00 + lw1 * x01) + lh1 * (lw0 * x10 + lw1 * x11)."""

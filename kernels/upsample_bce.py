@@ -49,6 +49,7 @@ from segadapt.kernels._launch import bilinear_weights
 from segadapt.kernels._launch import first_output
 from segadapt.kernels._launch import gather_plan
 from segadapt.kernels._launch import launch
+from segadapt.kernels._launch import owned_block
 from segadapt.kernels._launch import pixel_stride
 from segadapt.kernels._launch import pixel_tile
 from segadapt.kernels._launch import reaches
@@ -267,20 +268,11 @@ def _upsample_bce_bwd_gather_kernel(
     # [r0, r0 + own_h) x [c0, c0 + own_w), recomputes z = Wy (X Wx^T) on the outputs that reach them, and writes
     # dL/dX = Wy^T (G Wx) with G = dL/dz: no atomics (the scatter form's N x h x w target addresses, each hit by
     # ~4 scale^2 adds, were its bound) and one summation order on every run.
-    n = tl.cast(tl.program_id(1), tl.int64)
-    tile_row = tl.program_id(0) // tiles_w
-    r0 = tile_row * own_h
-    c0 = (tl.program_id(0) - tile_row * tiles_w) * own_w
+    n, r0, c0, in_map, owned, pixels = owned_block(own_h, own_w, tiles_w, in_h, in_w, SRC)
     y_first = first_output(r0, inv_scale_h, ALIGN_CORNERS)
     xs = first_output(c0, inv_scale_w, ALIGN_CORNERS) + tl.arange(0, TILE_W)
     x_ok = reaches(xs, scale_w, in_w, c0, own_w, out_w, ALIGN_CORNERS)
     weights_x = bilinear_weights(xs, x_ok, c0 - 1, SRC, scale_w, in_w, ALIGN_CORNERS)
-
-    rows = r0 - 1 + tl.arange(0, SRC)
-    cols = c0 - 1 + tl.arange(0, SRC)
-    in_map = ((rows >= 0) & (rows < in_h))[:, None] & ((cols >= 0) & (cols < in_w))[None, :]
-    owned = ((rows >= r0) & (rows < r0 + own_h))[:, None] & ((cols >= c0) & (cols < c0 + own_w))[None, :] & in_map
-    pixels = (rows[:, None] * in_w + cols[None, :]).to(tl.int64)
     x = tl.load(logits_ptr + n * stride_n + pixels * stride_p, mask=in_map, other=0.0).to(tl.float32)
     # Columns first, then rows: bilinear_gather's association.
     x_cols = tl.dot(x, tl.trans(weights_x), input_precision=INPUT_PRECISION)  # (SRC, TILE_W)

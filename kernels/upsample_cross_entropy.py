@@ -65,6 +65,7 @@ from segadapt.kernels._launch import bilinear_weights
 from segadapt.kernels._launch import first_output
 from segadapt.kernels._launch import gather_plan
 from segadapt.kernels._launch import launch
+from segadapt.kernels._launch import owned_block
 from segadapt.kernels._launch import pixel_stride
 from segadapt.kernels._launch import pixel_tile
 from segadapt.kernels._launch import reaches
@@ -297,10 +298,7 @@ def _upsample_cross_entropy_bwd_gather_kernel(
     # one source of halo each side), the softmax from the forward's log-sum-exp, and reduces
     # dL/dz = (softmax - onehot) * coef back through the same separable interpolation matrices:
     #   z = Wy (X Wx^T),  dL/dX = Wy^T (G Wx),  Wy: (TILE_H, SRC), Wx: (TILE_W, SRC).
-    n = tl.cast(tl.program_id(1), tl.int64)
-    tile_row = tl.program_id(0) // tiles_w
-    r0 = tile_row * own_h
-    c0 = (tl.program_id(0) - tile_row * tiles_w) * own_w
+    n, r0, c0, in_map, owned, pixels = owned_block(own_h, own_w, tiles_w, in_h, in_w, SRC)
     ys = first_output(r0, inv_scale_h, ALIGN_CORNERS) + tl.arange(0, TILE_H)
     xs = first_output(c0, inv_scale_w, ALIGN_CORNERS) + tl.arange(0, TILE_W)
     # Outputs that reach an owned source; the others may need sources outside the window and are left out.
@@ -321,11 +319,6 @@ def _upsample_cross_entropy_bwd_gather_kernel(
     lse = tl.load(lse_ptr + n * out_h * out_w + ys[:, None] * out_w + xs[None, :], mask=valid, other=float("inf"))
     coef = tl.load(grad_scale_ptr)
 
-    rows = r0 - 1 + tl.arange(0, SRC)
-    cols = c0 - 1 + tl.arange(0, SRC)
-    in_map = ((rows >= 0) & (rows < in_h))[:, None] & ((cols >= 0) & (cols < in_w))[None, :]
-    owned = ((rows >= r0) & (rows < r0 + own_h))[:, None] & ((cols >= c0) & (cols < c0 + own_w))[None, :] & in_map
-    pixels = (rows[:, None] * in_w + cols[None, :]).to(tl.int64)
     base = logits_ptr + n * stride_n + pixels * stride_p
     grad_base = grad_ptr + n * stride_grad_n + pixels * stride_grad_p
     # Unrolled where the registers allow (TF32 dots): exact static instruction counts and overlap across classes;
