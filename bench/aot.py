@@ -51,11 +51,11 @@ class Case:
 
 
 @contextlib.contextmanager
-def _scatter_backward(variable: str):
-    """Within the block, the op's backward takes its scatter (atomic) form, as for shapes the gather form cannot
-    hold, so that the fallback is compiled and checked too."""
+def _backward_form(variable: str, form: str):
+    """Within the block, the op's backward takes `form` ("scatter" or "gather"), so that the form a launch does not
+    take by default is compiled and checked too."""
     saved = os.environ.get(variable)
-    os.environ[variable] = "scatter"
+    os.environ[variable] = form
     try:
         yield
     finally:
@@ -89,8 +89,8 @@ def _cases(size: str) -> list[Case]:
             _, lse, count = module._upsample_cross_entropy_fwd(logits, labels, align, 255, "mean", True)
             module._upsample_cross_entropy_fwd(logits, labels, align, 255, "mean", False)
             module._upsample_cross_entropy_bwd(count, logits, labels, lse, align, 255)
-            # The scatter form too: the backward falls back to it where the gather form's window does not fit.
-            with _scatter_backward("SEGADAPT_CE_BACKWARD"):
+            # The gather form too (opt-in while its precision on confident pixels is fixed; see the module).
+            with _backward_form("SEGADAPT_CE_BACKWARD", "gather"):
                 module._upsample_cross_entropy_bwd(count, logits, labels, lse, align, 255)
 
         return run
@@ -104,7 +104,7 @@ def _cases(size: str) -> list[Case]:
             target = None if target_kind == "constant" else meta(batch, out_h, out_w, dtype=torch.int64)
             _, _, count = module._upsample_bce_fwd(d_logits, size, target, 1.0, False, "bce", target is not None)
             module._upsample_bce_bwd(count, d_logits, size, target, 1.0, False, "bce")
-            with _scatter_backward("SEGADAPT_BCE_BACKWARD"):  # the fallback of shapes beyond the gather window
+            with _backward_form("SEGADAPT_BCE_BACKWARD", "scatter"):  # the fallback beyond the gather window
                 module._upsample_bce_bwd(count, d_logits, size, target, 1.0, False, "bce")
 
         return run

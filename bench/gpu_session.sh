@@ -14,7 +14,7 @@
 #   gpu-tests  pytest -m gpu (kernel parity at real sizes, compile, channels-last)         gpu-tests.xml
 #   kernels    bench kernels --cases real, N=8: triton vs eager vs torch.compile, GB/s,    kernels-real.json
 #              % of peak, % of the roofline prediction (file rewritten after every row);
-#              CE and BCE also with the scatter (atomic) backward beside the gather one
+#              CE and BCE with the backward forced to its scatter and to its gather form too
 #   train      bench train adaptseg_gta2cs ladder a-f at real size on synthetic data,    train-*.json
 #              peak memory per row (f skipped without DALI)
 #   graph      torch._dynamo.explain of the whole training step: graph and break counts   graph-breaks.json
@@ -119,7 +119,7 @@ if [ "$DRY" = 1 ]; then
     # Plumbing only: the gpu tests must collect; every bench runs its smallest case on CPU.
     stage gpu-tests 120 "$PY" -m pytest -q -p no:cacheprovider -m gpu --collect-only tests/kernels
     stage kernels 240 "$PY" -m segadapt.bench kernels --device cpu --cases tiny --ops pseudo_label,upsample_bce \
-        --providers ref,triton,triton_scatter --modes fwd,full --warmup 0 --rep 1 --out "$OUT/kernels-real.json"
+        --providers ref,triton,triton_scatter,triton_gather --modes fwd,full --warmup 0 --rep 1 --out "$OUT/kernels-real.json"
     stage train 300 "$PY" -m segadapt.bench train demo --rows a,e --warmup 0 --steps 1 --profile-steps 1 \
         --count 2 --out "$OUT" "${TRAIN_SKIP[@]}"
     GRAPH_RECIPE=demo
@@ -129,7 +129,7 @@ else
     stage gpu-tests 100 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/kernels tests/engine \
         --junitxml="$OUT/gpu-tests.xml"
     stage kernels 150 "$PY" -m segadapt.bench kernels --device cuda --cases real --batches 8 --modes fwd,full \
-        --providers triton,triton_scatter,ref,ref_compiled --warmup 3 --rep 20 --out "$OUT/kernels-real.json"
+        --providers triton,triton_scatter,triton_gather,ref,ref_compiled --warmup 3 --rep 20 --out "$OUT/kernels-real.json"
     stage train 200 "$PY" -m segadapt.bench train adaptseg_gta2cs --rows a,b,c,d,e,f --warmup 2 --steps 5 \
         --profile-steps 2 --out "$OUT" "${TRAIN_SKIP[@]}"
     GRAPH_RECIPE=adaptseg_gta2cs

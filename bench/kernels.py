@@ -32,10 +32,10 @@ from segadapt.bench.common import result_path
 from segadapt.bench.common import time_fn
 from segadapt.bench.common import write_json
 
-PROVIDERS = ("ref", "ref_compiled", "triton", "triton_scatter")
-# triton_scatter: the op's Triton kernels with the backward in its scatter (atomic) form, the fallback of shapes the
-# gather form cannot hold; timed beside the default gather form on the ops that have both.
-_SCATTER_ENV = {"upsample_cross_entropy": "SEGADAPT_CE_BACKWARD", "upsample_bce": "SEGADAPT_BCE_BACKWARD"}
+PROVIDERS = ("ref", "ref_compiled", "triton", "triton_scatter", "triton_gather")
+# triton_scatter / triton_gather: the op's Triton kernels with the backward forced to its scatter (atomic) or gather
+# (deterministic) form, timed beside the default on the ops that have both (CE defaults to scatter, BCE to gather).
+_BACKWARD_ENV = {"upsample_cross_entropy": "SEGADAPT_CE_BACKWARD", "upsample_bce": "SEGADAPT_BCE_BACKWARD"}
 MODES = ("fwd", "full")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
@@ -112,18 +112,18 @@ def _pick(reference: Callable, public: Callable, provider: str, probe: torch.Ten
         raise ValueError(
             f"provider {provider!r} on {probe.device}: the op would run its reference; use CUDA or TRITON_INTERPRET=1"
         )
-    if provider == "triton_scatter":
-        variable = _SCATTER_ENV[public.__name__]
+    if provider in ("triton_scatter", "triton_gather"):
+        variable, form = _BACKWARD_ENV[public.__name__], provider.removeprefix("triton_")
 
-        def scatter(*args, **kwargs):
+        def forced(*args, **kwargs):
             # The launchers read the switch at call time, so it is set around each call only.
-            saved, os.environ[variable] = os.environ.get(variable), "scatter"
+            saved, os.environ[variable] = os.environ.get(variable), form
             try:
                 return public(*args, **kwargs)
             finally:
                 os.environ.pop(variable) if saved is None else os.environ.__setitem__(variable, saved)
 
-        return scatter
+        return forced
     return public
 
 

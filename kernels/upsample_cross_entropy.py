@@ -22,22 +22,24 @@ Forward: one output pixel per lane, the C classes in compile-time loops (max, th
 exp), so every per-pixel instruction runs once per pixel (the class-across-lanes layout ran each one 32 times and
 reduced across lanes per pixel).
 
-Backward, gather form (default): a program owns a block of source logits (6 x 6 at x8 with 64 x 64-output tiles),
-recomputes the upsampled logits on the outputs that reach them as Wy (X Wx^T) from a 16 x 16 source window, forms
-dL/dz = (softmax - onehot) * coef from the forward's log-sum-exp and reduces it through the same interpolation
-matrices, Wy^T (G Wx): four small dots per class, no atomics, every source written by one program, so the gradient
-is bitwise deterministic run to run. The cost is the overlap (outputs near a block edge are recomputed by the
-neighbour: 64 x 64 computed per ~48 x 48 owned at x8). The dots run on tensor cores in TF32 for bf16 / fp16 logits
-(exact in TF32) and as fp32 FMAs for fp32 logits (see _GATHER_PRECISION). Where the window cannot hold a source's
-outputs (upsampling beyond ~x19 at the 64-output tile: `gather_plan` returns None) the scatter form runs: one output
-pixel per lane, 4 relaxed fp32 atomic adds per class (plain RED in SASS), order not fixed, ~1 ulp run to run.
+Backward, scatter form (default): one output pixel per lane recomputes z exactly as the forward did, so
+softmax - onehot is consistent with the stored log-sum-exp, and adds into the 4 source logits with relaxed fp32
+atomics (plain RED in SASS): the summation order is not fixed (~1 ulp run to run), and the atomics bound it.
+Backward, gather form (SEGADAPT_CE_BACKWARD=gather, not yet the default): a program owns a block of source logits
+(6 x 6 at x8 with 64 x 64-output tiles), recomputes z on the outputs that reach them as Wy (X Wx^T) from a 16 x 16
+source window and reduces (softmax - onehot) * coef through the same interpolation matrices, Wy^T (G Wx): no
+atomics, bitwise-deterministic gradients, TF32 dots for bf16 / fp16 logits and fp32 FMAs for fp32. Its flaw, found
+by the 2-rank-vs-1-process test: z from the dots differs from the forward's by rounding (~1e-7 |z|), and
+exp(z - lse) - 1 on a confident pixel is a difference of nearly equal numbers, so the error shows relative to the
+gradient (7e-4 of its scale on the toy run's third step; scatter: 1e-8). The fix (next): recompute the log-sum-exp
+in the kernel from its own z (a second pass over the classes) so that the softmax is self-consistent again.
 
 Ahead of time (`python -m segadapt.bench aot`, sm_90, N=8, C=19 bf16 channels-last 65x129 -> 512x1024;
 bench/results/kernels-aot-sm90.json has every config and sm_80): forward ~21 warp instructions per output pixel;
 gather backward ~49 (TF32, unrolled, 240 registers, no spill, no atomic), ~85 for fp32 logits (runtime class
 loop); the scatter backward's 34 plus 4 REDs per class per pixel were bound by the atomics (~2.1 ms predicted at an
-assumed 1.5e11 atomics/s). Predicted H100 (`python -m segadapt.bench roofline`): forward + backward ~0.28 ms
-against ~0.76 ms for eager fp32 at its byte floor.
+assumed 1.5e11 atomics/s). Predicted H100 (`python -m segadapt.bench roofline`) against ~0.78 ms for eager fp32 at
+its byte floor: the default (scatter) ~2.1 ms (0.37x, atomic-bound), the gather form ~0.28 ms (2.8x).
 Labels outside [0, C) other than `ignore_index` are not checked on the Triton path (the check would need a host
 sync); they contribute logsumexp(z) to the loss instead of raising.
 """
@@ -250,7 +252,10 @@ def _gather_class(src, dst, in_map, owned, weights_y, weights_y_t, weights_x, we
     x = tl.load(src, mask=in_map, other=0.0).to(tl.float32)
     # Columns first, then rows: the association of bilinear_gather (and of the forward's log-sum-exp).
     z = tl.dot(weights_y, tl.dot(x, weights_x_t, input_precision=INPUT_PRECISION), input_precision=INPUT_PRECISION)
-    grad_z = (tl.exp(z - lse) - tl.where(label == c, 1.0, 0.0)) * coef
+    # softmax <= 1: z is recomputed here in another association than the forward's log-sum-exp, so with huge
+    # logits (a diverging run) z - lse can round above 0 by far more than exp allows; the clamp keeps inf * 0 = NaN
+    # out of the reduction dots (the scatter form recomputes z exactly as the forward does).
+    grad_z = (tl.exp(tl.minimum(z - lse, 0.0)) - tl.where(label == c, 1.0, 0.0)) * coef
     grad_x = tl.dot(weights_y_t, tl.dot(grad_z, weights_x, input_precision=INPUT_PRECISION),
                     input_precision=INPUT_PRECISION)  # fmt: skip
     tl.store(dst, grad_x, mask=owned)
@@ -427,7 +432,7 @@ def _gather_tile() -> tuple[int, int, int]:
 
 def _gather_geometry(logits: Tensor, labels: Tensor, align_corners: bool) -> tuple[int, int] | None:
     """(own_h, own_w) of the gather-form backward at this shape, or None (the scatter form then runs)."""
-    if os.environ.get("SEGADAPT_CE_BACKWARD", "gather") == "scatter":
+    if os.environ.get("SEGADAPT_CE_BACKWARD", "scatter") != "gather":
         return None
     tile_h, tile_w, _ = _gather_tile()
     own_h = gather_plan(logits.shape[2], labels.shape[1], align_corners, tile_h)
@@ -440,9 +445,11 @@ def _upsample_cross_entropy_bwd(
 ) -> Tensor:
     """Launch the backward kernel. `grad_scale` is a 0-d f32 d(loss)/d(loss_sum). Returns grad of logits.
 
-    The gather form (deterministic, no atomics) wherever `gather_plan` fits the shape: upsampling up to ~x19 at the
-    GPU tile (the segmenters' x8 owns 6 x 6 sources per program) and every downsampling; the scatter form (relaxed
-    atomic adds) otherwise, or with SEGADAPT_CE_BACKWARD=scatter.
+    The scatter form (relaxed atomic adds) by default. SEGADAPT_CE_BACKWARD=gather selects the gather form
+    (deterministic, no atomics) wherever `gather_plan` fits the shape (upsampling up to ~x19 at the GPU tile); it is
+    not the default because its z is recomputed in another association than the forward's log-sum-exp, so on
+    confident pixels (p -> 1) the small p - 1 loses precision: measured 7e-4 of the gradient's scale after 3 steps
+    of the DDP test's toy run, where the scatter form stays at float rounding (module docstring).
     """
     batch, num_pixels = labels.shape[0], labels.shape[1] * labels.shape[2]
     plan = _gather_geometry(logits, labels, align_corners)

@@ -22,11 +22,11 @@ def test_dry_run_runs_every_stage_and_writes_schema_valid_results(tmp_path):
     # most important first: nothing that needs the GPU's time comes before the tests and the kernel rows
     assert stages == ["env", "roofline", "gpu-tests", "kernels", "train", "infer", "graph"]
     kernels = json.loads((tmp_path / "kernels-real.json").read_text())
-    # upsample_bce also with its scatter (atomic) backward: the gather form's fallback, timed beside it on the GPU
+    # upsample_bce also with its backward forced to the scatter (atomic) and the gather form, timed side by side
     assert {(row["name"], row["provider"], row["mode"]) for row in kernels["results"]} == {
         ("pseudo_label", "ref", "fwd"), ("pseudo_label", "triton", "fwd"),
         *(("upsample_bce", provider, mode)
-          for provider in ("ref", "triton", "triton_scatter") for mode in ("fwd", "full")),
+          for provider in ("ref", "triton", "triton_scatter", "triton_gather") for mode in ("fwd", "full")),
     }  # fmt: skip
     roofline = json.loads((tmp_path / "roofline.json").read_text())
     assert {row["op"] for row in roofline["results"]} >= {"upsample_cross_entropy fwd+bwd", "pseudo_label"}

@@ -179,6 +179,7 @@ def test_gather_backward_matches_reference_and_scatter(shape, tile, monkeypatch)
     scatter form's, at the GPU's tile as well as the interpreter's, so tile boundaries, halos and the window start
     (`first_output`, checked by `gather_plan`) are exercised on both geometries."""
     monkeypatch.setattr(module, "_GATHER_TILE_INTERPRET", tile)
+    monkeypatch.setenv("SEGADAPT_CE_BACKWARD", "gather")  # opt-in (see the module docstring)
     *dims, align_corners = shape
     logits, labels = _make(tuple(dims), torch.channels_last)
     assert module._gather_geometry(logits, labels, align_corners) is not None, "the gather form should run here"
@@ -191,7 +192,7 @@ def test_gather_backward_matches_reference_and_scatter(shape, tile, monkeypatch)
     torch.testing.assert_close(grad, scatter, atol=1e-6, rtol=1e-4, msg=lambda m: f"[gather vs scatter] {m}")
 
 
-def test_gather_plan_owns_what_the_window_can_hold():
+def test_gather_plan_owns_what_the_window_can_hold(monkeypatch):
     """Largest own <= 14 whose outputs fit the tile (x8: 6 sources per 64 outputs, 14 per 128); None past ~x19 at
     the GPU tile (~x41 at the interpreter's),
     where the scatter form takes over (and then still matches the reference)."""
@@ -200,6 +201,7 @@ def test_gather_plan_owns_what_the_window_can_hold():
     assert module.gather_plan(512, 65, False, 64) == 14  # downsampling: few outputs per source
     assert module.gather_plan(2, 256, True, 64) is None
     logits, labels = _make((1, 4, 2, 3, 256, 200), torch.contiguous_format)
+    monkeypatch.setenv("SEGADAPT_CE_BACKWARD", "gather")
     assert module._gather_geometry(logits, labels, True) is None
     _, grad = _loss_and_grad(upsample_cross_entropy, logits, labels, align_corners=True)
     _, want = _loss_and_grad(upsample_cross_entropy_ref, logits, labels, align_corners=True)
@@ -219,13 +221,28 @@ def test_real_size_cuda(memory_format):
     torch.testing.assert_close(grad, want_grad, atol=1e-7, rtol=1e-3, msg=lambda m: f"[logits.grad] {m}")
 
 
+def test_gather_backward_is_opt_in_and_finite_on_huge_logits(monkeypatch):
+    """The scatter form is the default. The gather form recomputes z in another association than the forward's
+    log-sum-exp; on a diverging run's logits (~1e9) z - lse rounds far above 0 and exp overflowed into inf * 0 = NaN
+    in the reduction (LSD-seg's resume test, step 3); softmax <= 1 now bounds it."""
+    logits, labels = _make((1, 5, 4, 8, 32, 64), torch.channels_last)
+    assert module._gather_geometry(logits, labels, True) is None
+    monkeypatch.setenv("SEGADAPT_CE_BACKWARD", "gather")
+    assert module._gather_geometry(logits, labels, True) is not None
+    _, grad = _loss_and_grad(upsample_cross_entropy, logits * 1e9, labels, align_corners=True, reduction="sum")
+    assert torch.isfinite(grad).all()
+    # |softmax - onehot| <= 1 per output, spread with bilinear weights that sum to ~(32 / 4) * (64 / 8) per source
+    assert grad.abs().max() <= 2 * (32 / 4) * (64 / 8)
+
+
 @pytest.mark.gpu
-def test_real_size_bf16_gather_backward_cuda():
+def test_real_size_bf16_gather_backward_cuda(monkeypatch):
     """bf16 channels-last at the recipe's shape: the gather backward's TF32 dots stay within twice the error that
     bf16 arithmetic itself makes (three-way bound), and two runs give bitwise the same gradient (no atomics)."""
     logits = torch.randn(2, 19, 65, 129, device="cuda").to(torch.bfloat16).to(memory_format=torch.channels_last)
     labels = torch.randint(0, 19, (2, 512, 1024), device="cuda")
     labels[:, :64] = 255
+    monkeypatch.setenv("SEGADAPT_CE_BACKWARD", "gather")
     assert module._gather_geometry(logits, labels, False) is not None
     _, grad = _loss_and_grad(upsample_cross_entropy, logits, labels, align_corners=False)
     _, again = _loss_and_grad(upsample_cross_entropy, logits, labels, align_corners=False)
