@@ -15,6 +15,10 @@ Lanes (each run alone with --lane):
 - semi: per network, supervised-only on the labelled share | AdvSemiSeg or U2PL | full-label model
 - semi-init: the same from the pretrained start (`semi_demo_init_*`, trained once per data seed at seed 0)
 - mm: random init -> fine-tune | colorization -> fine-tune | colorization -> M&M -> fine-tune | full labels
+- semi-curve: the semi regime study, supervised-only (AdvSemiSeg's DeepLab-v2 and U2PL's DeepLab-v3+ recipes) on
+  1/16, 1/8, 1/4, 1/2 and all of the 150 labelled photo-domain train images: where do labels stop being the bottleneck? Each share is also paired with
+  the next smaller one (the gain of one doubling). Run it on the tuning data seed 0: it chooses the semi lanes'
+  labelled share, so it is a setting, not a result.
 
 Every run is a subprocess `python -m segadapt train RECIPE --set ...` (one thread) into
 RUNS/<lane>/<arm>/d<D>-s<S>/; its final and best evaluation are read from that run's metrics.jsonl. A run whose
@@ -135,6 +139,21 @@ def _semi(network: str, recipe: str, method: Arm, start: str = "") -> Table:
     )  # fmt: skip
 
 
+CURVE_SHARES = ((1 / 16, "1/16"), (1 / 8, "1/8"), (1 / 4, "1/4"), (1 / 2, "1/2"), (1.0, "all"))
+"""Labelled shares of the semi-curve lane (of 150 images, nearest rounding: 9, 19, 38, 75, 150)."""
+
+
+def _curve(recipe: str, prefix: str = "") -> Table:
+    arms, previous = [], ()
+    for index, (share, name) in enumerate(CURVE_SHARES):
+        role = "baseline" if index == 0 else "ceiling" if share == 1.0 else "method"
+        key = prefix + "labels-" + name.replace("/", "of")
+        arms.append(Arm(key, f"supervised-only, {name} labelled", role, recipe,
+                        (LABELLED_SHARE, f"data.labeled.fraction={share!r}"), versus=previous))  # fmt: skip
+        previous = (key,)
+    return Table(f"{recipe}: supervised-only learning curve (labelled share of 150 train images)", tuple(arms))
+
+
 def _lanes() -> dict[str, Lane]:
     adaptseg = _uda("demo", Arm("adaptsegnet", "AdaptSegNet multi-level", "method", "demo"))
     single = Arm("adaptsegnet-single", "AdaptSegNet single-level", "method", "demo", SINGLE_LEVEL)
@@ -168,6 +187,8 @@ def _lanes() -> dict[str, Lane]:
                     (scratch, "data.labeled.fraction=1.0")))),),
              stages=(Arm("colorize", "colorization pre-training", "stage", "mm_demo_colorize"),
                      Arm("mixmatch-stage", "M&M stage", "stage", "mm_demo_mixmatch", start_from="colorize"))),
+        Lane("semi-curve", "regime study: supervised-only against the labelled share, both semi recipes' networks",
+             (_curve("semi_demo_advsemiseg"), _curve("semi_demo_u2pl", "v3plus-"))),
     ]  # fmt: skip
     return {lane.name: lane for lane in lanes}
 

@@ -69,6 +69,21 @@ def test_baseline_is_the_one_compare_methods_trains(recipe, override, baseline):
     assert config.load(recipe, [override]).method == baseline_section(config.load(recipe), baseline)
 
 
+def test_semi_curve_doubles_the_labelled_share_up_to_every_image(tmp_path):
+    """The regime study: per network, supervised-only at 9, 19, 38, 75 and 150 of the 150 labelled train images
+    (nearest rounding), the smallest share as the baseline, every image as the ceiling, each share paired with the
+    one below it."""
+    for table in methods.LANES["semi-curve"].tables:
+        jobs = methods.plan(methods.Lane("one", "", (table,)), [1], [3], tmp_path)
+        assert [job.expected["method"]["name"] for job in jobs] == ["supervised"] * 5
+        assert {job.expected["method"]["stream"] for job in jobs} == {"labeled"}
+        fractions = [job.expected["data"]["labeled"]["fraction"] for job in jobs]
+        assert {job.expected["data"]["labeled"]["fraction_rounding"] for job in jobs} == {"nearest"}
+        assert [round(fraction * 150) for fraction in fractions] == [9, 19, 38, 75, 150]  # datasets._fraction_count
+        assert [arm.role for arm in table.arms] == ["baseline", "method", "method", "method", "ceiling"]
+        assert [arm.versus for arm in table.arms[1:]] == [(arm.key,) for arm in table.arms[:-1]]
+
+
 # Keys where a lane's arms may differ: the method, where the run goes, the start, and the ceiling's labelled share.
 ALLOWED = ("method", "train.run_dir", "model.pretrained", "data.labeled.fraction")
 
@@ -80,7 +95,7 @@ def _flat(tree, prefix=""):
                                                                     else f"{prefix}.{key}").items()}  # fmt: skip
 
 
-@pytest.mark.parametrize("lane", ["uda-adaptseg", "uda-lsd", "semi", "semi-init", "mm"])
+@pytest.mark.parametrize("lane", ["uda-adaptseg", "uda-lsd", "semi", "semi-init", "mm", "semi-curve"])
 def test_plan_trains_every_arm_of_a_table_with_identical_settings(lane, tmp_path):
     jobs = methods.plan(methods.LANES[lane], [1, 2], [3, 4], tmp_path)
     table_arms = [arm for table in methods.LANES[lane].tables for arm in table.arms]
