@@ -89,8 +89,8 @@ def _cases(size: str) -> list[Case]:
             _, lse, count = module._upsample_cross_entropy_fwd(logits, labels, align, 255, "mean", True)
             module._upsample_cross_entropy_fwd(logits, labels, align, 255, "mean", False)
             module._upsample_cross_entropy_bwd(count, logits, labels, lse, align, 255)
-            # The gather form too (opt-in while its precision on confident pixels is fixed; see the module).
-            with _backward_form("SEGADAPT_CE_BACKWARD", "gather"):
+            # The scatter form too: the fallback where the gather plan does not fit, and SEGADAPT_CE_BACKWARD=scatter.
+            with _backward_form("SEGADAPT_CE_BACKWARD", "scatter"):
                 module._upsample_cross_entropy_bwd(count, logits, labels, lse, align, 255)
 
         return run
@@ -167,10 +167,11 @@ def _cases(size: str) -> list[Case]:
     ]  # fmt: skip
 
 
-def _record(case: Case) -> list:
+def _record(case: Case, capability: int) -> list:
+    """The case's launches as the launchers make them for target sm_<capability> (tiles may differ per target)."""
     from segadapt.kernels._launch import record_launches
 
-    with record_launches() as records:
+    with record_launches(capability) as records:
         case.run()
     return list(records)
 
@@ -211,7 +212,7 @@ def _specialise(kernel, args: tuple, kwargs: dict, config, target):
 # Kernels with a runtime (not unrolled) loop: name -> launch kwargs -> trip count, or None when unrolled. Their
 # instructions per pixel count the loop body once per trip (the body = the instructions a backward branch spans).
 RUNTIME_LOOPS = {
-    "_upsample_cross_entropy_bwd_gather_kernel": lambda kwargs: None if kwargs.get("UNROLL", True) else kwargs["C"],
+    "_upsample_cross_entropy_bwd_gather_kernel": lambda kwargs: kwargs["C"],
     "_upsample_bce_bwd_gather_kernel": lambda kwargs: kwargs["TILE_H"] // kwargs["CHUNK_H"],
 }
 
@@ -260,7 +261,7 @@ def _compile_one(job: tuple) -> dict:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    record = _record(_CASES[case])[index]
+    record = _record(_CASES[case], capability)[index]
     config = record.configs[config_index]
     target = GPUTarget("cuda", capability, 32)
     row = {"case": case, "kernel": record.kernel.__name__, "target": f"sm_{capability}", "variant": _variant(record),
@@ -278,9 +279,9 @@ def _compile_one(job: tuple) -> dict:
         warps = compiled.metadata.num_warps
         trips = RUNTIME_LOOPS.get(record.kernel.__name__, lambda kwargs: None)(record.kwargs)
         bodies = stats.pop("loop_bodies")
-        if trips and len(bodies) != 1:
-            raise ValueError(f"{len(bodies)} backward branches: the loop-trip correction handles exactly one loop")
-        dynamic = stats["sass_instructions"] + (bodies[0] * (trips - 1) if trips else 0)
+        # Every backward branch is one runtime loop of `trips` trips; none at all means the compiler unrolled the loop
+        # itself and the static count is already the dynamic one.
+        dynamic = stats["sass_instructions"] + (sum(body * (trips - 1) for body in bodies) if trips else 0)
         per_pixel = dynamic * warps * programs / max(record.work, 1)
         row.update(stats, compiled=True, programs=programs, shared_bytes=max(stats["shared_bytes"],
                    compiled.metadata.shared), instructions_per_pixel=round(per_pixel, 2))  # fmt: skip
@@ -307,9 +308,9 @@ def _jobs(size: str, targets: tuple[int, ...], only: str | None) -> list[tuple]:
     for name, case in _CASES.items():
         if only and only not in name:
             continue
-        for index, record in enumerate(_record(case)):
-            for config_index, config in enumerate(record.configs):
-                for capability in targets:
+        for capability in targets:
+            for index, record in enumerate(_record(case, capability)):
+                for config_index, config in enumerate(record.configs):
                     _, signature, constexprs, attrs, _ = _specialise(
                         record.kernel, record.args, record.kwargs, config, GPUTarget("cuda", capability, 32)
                     )

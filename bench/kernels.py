@@ -34,7 +34,7 @@ from segadapt.bench.common import write_json
 
 PROVIDERS = ("ref", "ref_compiled", "triton", "triton_scatter", "triton_gather")
 # triton_scatter / triton_gather: the op's Triton kernels with the backward forced to its scatter (atomic) or gather
-# (deterministic) form, timed beside the default on the ops that have both (CE defaults to scatter, BCE to gather).
+# (deterministic) form, timed beside the default on the ops that have both (both default to gather where it fits).
 _BACKWARD_ENV = {"upsample_cross_entropy": "SEGADAPT_CE_BACKWARD", "upsample_bce": "SEGADAPT_BCE_BACKWARD"}
 MODES = ("fwd", "full")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -54,30 +54,30 @@ def rows() -> list[Row]:
     """The ops at N=8, C=19, 512x1024 (bf16 channels-last logits), with the byte counts spelled out."""
     elements = PIXELS * CLASSES  # full-resolution class scores
     return [
-        # fused: fwd reads labels (8 B) and writes lse (4 B); bwd reads labels and lse again; the low-res logits (bf16,
-        # read twice) and the fp32 gradient accumulator (zeroed, added into, cast to bf16) are small. The default
-        # backward scatters 4 relaxed atomics per class and output pixel.
+        # fused: fwd reads labels (8 B) and writes lse (4 B); bwd reads labels and lse again (the ~1.3x window overlap
+        # of the gather form hits L2); the low-res logits (bf16, read twice) and the fp32 gradient (written once,
+        # cast to bf16) are small. The default backward is the gather form: no atomics.
         # eager (fp32 as the spec): upsample write, log_softmax read+write, nll; backward: nll grad write,
         # log_softmax backward 2 reads + write, upsample backward read: 8 full-resolution fp32 passes + labels.
         Row("upsample_cross_entropy fwd+bwd", f"{BATCH}x{CLASSES}x65x129 bf16 cl -> 512x1024",
+            PIXELS * (8 + 4 + 8 + 4) + CE_LOW * CLASSES * (2 + 2 + 4 + 4 + 2),
+            8 * elements * 4 + 2 * PIXELS * 8,
+            (("ce_cs_bf16_cl", "_upsample_cross_entropy_fwd_kernel", "STORE_LSE=True"),
+             ("ce_cs_bf16_cl", "_upsample_cross_entropy_bwd_gather_kernel", ""))),
+        # fp32 logits (the paper recipes train in fp32): fp32 FMA dots at a 64 x 32 tile (64 x 64 spilled).
+        Row("upsample_cross_entropy fwd+bwd fp32", f"{BATCH}x{CLASSES}x65x129 fp32 cl -> 512x1024",
+            PIXELS * (8 + 4 + 8 + 4) + CE_LOW * CLASSES * (4 + 4 + 4 + 4),
+            8 * elements * 4 + 2 * PIXELS * 8,
+            (("ce_cs_fp32_cl", "_upsample_cross_entropy_fwd_kernel", "STORE_LSE=True"),
+             ("ce_cs_fp32_cl", "_upsample_cross_entropy_bwd_gather_kernel", ""))),
+        # The scatter backward (SEGADAPT_CE_BACKWARD=scatter, and the fallback where the gather plan does not fit):
+        # 4 relaxed atomics per class and output pixel into a zeroed fp32 accumulator.
+        Row("upsample_cross_entropy fwd+bwd scatter", f"{BATCH}x{CLASSES}x65x129 bf16 cl -> 512x1024",
             PIXELS * (8 + 4 + 8 + 4) + CE_LOW * CLASSES * (2 + 2 + 4 + 4 + 4 + 2),
             8 * elements * 4 + 2 * PIXELS * 8,
             (("ce_cs_bf16_cl", "_upsample_cross_entropy_fwd_kernel", "STORE_LSE=True"),
              ("ce_cs_bf16_cl", "_upsample_cross_entropy_bwd_kernel", "")),
             atomics_per_pixel=4 * CLASSES),
-        # The gather backward (SEGADAPT_CE_BACKWARD=gather, opt-in until its precision on confident pixels is fixed):
-        # labels and lse read once from DRAM (the ~1.3x window overlap hits L2), the gradient written once, no atomics.
-        Row("upsample_cross_entropy fwd+bwd gather", f"{BATCH}x{CLASSES}x65x129 bf16 cl -> 512x1024",
-            PIXELS * (8 + 4 + 8 + 4) + CE_LOW * CLASSES * (2 + 2 + 2 + 4 + 4 + 2),
-            8 * elements * 4 + 2 * PIXELS * 8,
-            (("ce_cs_bf16_cl", "_upsample_cross_entropy_fwd_kernel", "STORE_LSE=True"),
-             ("ce_cs_bf16_cl", "_upsample_cross_entropy_bwd_gather_kernel", ""))),
-        # The gather backward on fp32 logits (the paper recipes train in fp32): its dots as fp32 FMAs.
-        Row("upsample_cross_entropy fwd+bwd gather fp32", f"{BATCH}x{CLASSES}x65x129 fp32 cl -> 512x1024",
-            PIXELS * (8 + 4 + 8 + 4) + CE_LOW * CLASSES * (4 + 4 + 4 + 4),
-            8 * elements * 4 + 2 * PIXELS * 8,
-            (("ce_cs_fp32_cl", "_upsample_cross_entropy_fwd_kernel", "STORE_LSE=True"),
-             ("ce_cs_fp32_cl", "_upsample_cross_entropy_bwd_gather_kernel", ""))),
         # fused: logits once (bf16) + entropy write, 4 radix passes over entropy bits + ignore, split pass.
         # eager: log_softmax write/read, exp, product, sum (fp32 full-size passes ~5), a full sort of P floats
         # (radix sort: ~8 passes of 8 bytes key+index), masks.

@@ -300,17 +300,31 @@ class LaunchRecord:
 
 
 _RECORDS: list[LaunchRecord] | None = None
+_RECORD_CAPABILITY: int | None = None
 
 
 @contextlib.contextmanager
-def record_launches() -> Iterator[list[LaunchRecord]]:
-    """Within the block, `launch` records instead of running (launchers then work on meta tensors)."""
-    global _RECORDS
+def record_launches(capability: int = 90) -> Iterator[list[LaunchRecord]]:
+    """Within the block, `launch` records instead of running (launchers then work on meta tensors), and
+    `device_capability` answers `capability` (e.g. 90 for sm_90), so launchers pick that target's tiles."""
+    global _RECORDS, _RECORD_CAPABILITY
     previous, _RECORDS = _RECORDS, []
+    previous_capability, _RECORD_CAPABILITY = _RECORD_CAPABILITY, capability
     try:
         yield _RECORDS
     finally:
-        _RECORDS = previous
+        _RECORDS, _RECORD_CAPABILITY = previous, previous_capability
+
+
+def device_capability(device: torch.device) -> int:
+    """Compute capability as major * 10 + minor (90 for an H100) of a CUDA device; while recording, the target's;
+    90 elsewhere (CPU interpreter, meta tensors: the value only picks GPU tiles). Cached by torch, no sync."""
+    if _RECORD_CAPABILITY is not None:
+        return _RECORD_CAPABILITY
+    if device.type != "cuda":
+        return 90
+    major, minor = torch.cuda.get_device_capability(device)
+    return major * 10 + minor
 
 
 def launch(kernel, grid: Callable[[dict], tuple], *args, work: int, **kwargs) -> None:

@@ -22,24 +22,29 @@ Forward: one output pixel per lane, the C classes in compile-time loops (max, th
 exp), so every per-pixel instruction runs once per pixel (the class-across-lanes layout ran each one 32 times and
 reduced across lanes per pixel).
 
-Backward, scatter form (default): one output pixel per lane recomputes z exactly as the forward did, so
-softmax - onehot is consistent with the stored log-sum-exp, and adds into the 4 source logits with relaxed fp32
-atomics (plain RED in SASS): the summation order is not fixed (~1 ulp run to run), and the atomics bound it.
-Backward, gather form (SEGADAPT_CE_BACKWARD=gather, not yet the default): a program owns a block of source logits
-(6 x 6 at x8 with 64 x 64-output tiles), recomputes z on the outputs that reach them as Wy (X Wx^T) from a 16 x 16
-source window and reduces (softmax - onehot) * coef through the same interpolation matrices, Wy^T (G Wx): no
-atomics, bitwise-deterministic gradients, TF32 dots for bf16 / fp16 logits and fp32 FMAs for fp32. Its flaw, found
-by the 2-rank-vs-1-process test: z from the dots differs from the forward's by rounding (~1e-7 |z|), and
-exp(z - lse) - 1 on a confident pixel is a difference of nearly equal numbers, so the error shows relative to the
-gradient (7e-4 of its scale on the toy run's third step; scatter: 1e-8). The fix (next): recompute the log-sum-exp
-in the kernel from its own z (a second pass over the classes) so that the softmax is self-consistent again.
+Backward, gather form (default wherever `gather_plan` fits the shape: upsampling up to ~x19 at the bf16 GPU tile, ~x9
+at the fp32 one): a program owns a block of source logits (6 x 6 at x8 with 64 x 64-output tiles), recomputes z on the
+outputs that reach them exactly as the forward did (the 4 neighbours, the same expression: the same bits), the softmax
+from the forward's log-sum-exp, and reduces (softmax - onehot) * coef through the interpolation matrices, Wy^T (G Wx),
+over a 16 x 16 source window: no atomics, bitwise-deterministic gradients, TF32 dots for bf16 / fp16 logits and fp32
+FMAs for fp32. z must be the forward's bits: an earlier version recomputed z by dots too, Wy (X Wx^T), which rounds in
+another association (and TF32 rounds the weights); exp(z - lse) - 1 on a confident pixel is a difference of nearly
+equal numbers, so that rounding became an error of the gradient's own size (the 2-rank-vs-1-process DDP test drifted
+1.4e-4 on a weight after 3 steps, tolerance 1e-5; against a float64 reference on confident logits 3.8x the scatter
+form's error). Now both forms compute the same dL/dz per output pixel and differ only in how they sum it.
 
-Ahead of time (`python -m segadapt.bench aot`, sm_90, N=8, C=19 bf16 channels-last 65x129 -> 512x1024;
+Backward, scatter form (SEGADAPT_CE_BACKWARD=scatter, and wherever the gather plan does not fit): one output pixel per
+lane recomputes z exactly as the forward did, consistent with the stored log-sum-exp, and adds into the 4 source
+logits with relaxed fp32 atomics (plain RED in SASS): the summation order is not fixed (~1 ulp run to run), and the
+atomics bound it.
+
+Ahead of time (`python -m segadapt.bench aot`, sm_90, N=8, C=19 channels-last 65x129 -> 512x1024;
 bench/results/kernels-aot-sm90.json has every config and sm_80): forward ~21 warp instructions per output pixel;
-gather backward ~49 (TF32, unrolled, 240 registers, no spill, no atomic), ~85 for fp32 logits (runtime class
-loop); the scatter backward's 34 plus 4 REDs per class per pixel were bound by the atomics (~2.1 ms predicted at an
-assumed 1.5e11 atomics/s). Predicted H100 (`python -m segadapt.bench roofline`) against ~0.78 ms for eager fp32 at
-its byte floor: the default (scatter) ~2.1 ms (0.37x, atomic-bound), the gather form ~0.28 ms (2.8x).
+gather backward ~63 for bf16 logits (TF32 dots, 64 x 64 tile, runtime class loop, 225 registers, no spill; sm_80
+takes 64 x 32), ~154 for fp32 (FMA dots, 64 x 32); the scatter backward's 34 plus 4 REDs per class per pixel are
+bound by the atomics (~2.1 ms predicted at an assumed 1.5e11 atomics/s). Predicted H100 (`python -m segadapt.bench
+roofline`) against ~0.78 ms for eager fp32 at its byte floor: the default (gather) 0.34 ms bf16 (2.3x), 0.69 ms
+fp32 (1.13x); scatter 2.1 ms (0.37x). Unmeasured until a GPU runs bench/gpu_session.sh.
 Labels outside [0, C) other than `ignore_index` are not checked on the Triton path (the check would need a host
 sync); they contribute logsumexp(z) to the loss instead of raising.
 """
@@ -63,7 +68,9 @@ from segadapt.kernels._launch import autotune_enabled  # noqa: F401  (re-exporte
 from segadapt.kernels._launch import bilinear_footprint
 from segadapt.kernels._launch import bilinear_gather
 from segadapt.kernels._launch import bilinear_scale
+from segadapt.kernels._launch import bilinear_source_index
 from segadapt.kernels._launch import bilinear_weights
+from segadapt.kernels._launch import device_capability
 from segadapt.kernels._launch import first_output
 from segadapt.kernels._launch import gather_plan
 from segadapt.kernels._launch import launch
@@ -246,19 +253,13 @@ def _upsample_cross_entropy_bwd_kernel(
 
 
 @triton.jit
-def _gather_class(src, dst, in_map, owned, weights_y, weights_y_t, weights_x, weights_x_t, lse, label, coef, c,
-                  INPUT_PRECISION: tl.constexpr):  # fmt: skip
-    """One class of the gather-form backward: z on the output window, dL/dz, reduced onto the owned sources."""
-    x = tl.load(src, mask=in_map, other=0.0).to(tl.float32)
-    # Columns first, then rows: the association of bilinear_gather (and of the forward's log-sum-exp).
-    z = tl.dot(weights_y, tl.dot(x, weights_x_t, input_precision=INPUT_PRECISION), input_precision=INPUT_PRECISION)
-    # softmax <= 1: z is recomputed here in another association than the forward's log-sum-exp, so with huge
-    # logits (a diverging run) z - lse can round above 0 by far more than exp allows; the clamp keeps inf * 0 = NaN
-    # out of the reduction dots (the scatter form recomputes z exactly as the forward does).
-    grad_z = (tl.exp(tl.minimum(z - lse, 0.0)) - tl.where(label == c, 1.0, 0.0)) * coef
-    grad_x = tl.dot(weights_y_t, tl.dot(grad_z, weights_x, input_precision=INPUT_PRECISION),
-                    input_precision=INPUT_PRECISION)  # fmt: skip
-    tl.store(dst, grad_x, mask=owned)
+def _gather_label_lse(label_ptrs, lse_ptrs, out_mask, ignore_index):
+    """Labels as int32 (-1 where not valid: the mask is then label >= 0, no third tensor held across the class loop)
+    and the forward's log-sum-exp (+inf where not valid, so that exp(z - lse) - onehot is exactly 0 there)."""
+    label = tl.load(label_ptrs, mask=out_mask, other=ignore_index)
+    valid = out_mask & (label != ignore_index)
+    lse = tl.load(lse_ptrs, mask=valid, other=float("inf"))
+    return tl.where(valid, label, -1).to(tl.int32), lse
 
 
 @triton.jit
@@ -295,47 +296,52 @@ def _upsample_cross_entropy_bwd_gather_kernel(
     TILE_W: tl.constexpr,
     SRC: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
-    UNROLL: tl.constexpr,
 ):
     # Gather form: this program owns source logits [r0, r0 + own_h) x [c0, c0 + own_w) of every class and writes
-    # their whole gradient, so nothing is added atomically and the summation order is fixed. It recomputes the
-    # upsampled logits on the output window that reaches its sources (from the SRC x SRC source window around them,
-    # one source of halo each side), the softmax from the forward's log-sum-exp, and reduces
-    # dL/dz = (softmax - onehot) * coef back through the same separable interpolation matrices:
-    #   z = Wy (X Wx^T),  dL/dX = Wy^T (G Wx),  Wy: (TILE_H, SRC), Wx: (TILE_W, SRC).
-    n, r0, c0, in_map, owned, pixels = owned_block(own_h, own_w, tiles_w, in_h, in_w, SRC)
+    # their whole gradient, so nothing is added atomically and the summation order is fixed. On the output window
+    # that reaches its sources it recomputes z exactly as the forward did (bilinear_gather from the 4 neighbours, the
+    # same expression and association, so the same bits), takes the softmax from the forward's log-sum-exp, and
+    # reduces dL/dz = (softmax - onehot) * coef through the separable interpolation matrices:
+    #   dL/dX = Wy^T (G Wx),  Wy: (TILE_H, SRC), Wx: (TILE_W, SRC), over the SRC x SRC source window.
+    # z must be the forward's: on a confident pixel exp(z - lse) - 1 is a difference of nearly equal numbers, and z
+    # from dots (Wy X Wx^T, another association; TF32 also rounds the weights) against the forward's lse made an error
+    # of the gradient's own size there (the 2-rank-vs-1-process DDP test drifted 1.4e-4 after 3 steps, tol 1e-5).
+    n, r0, c0, in_map, owned, pixels_src = owned_block(own_h, own_w, tiles_w, in_h, in_w, SRC)
     ys = first_output(r0, inv_scale_h, ALIGN_CORNERS) + tl.arange(0, TILE_H)
     xs = first_output(c0, inv_scale_w, ALIGN_CORNERS) + tl.arange(0, TILE_W)
     # Outputs that reach an owned source; the others may need sources outside the window and are left out.
     y_ok = reaches(ys, scale_h, in_h, r0, own_h, out_h, ALIGN_CORNERS)
     x_ok = reaches(xs, scale_w, in_w, c0, own_w, out_w, ALIGN_CORNERS)
-    weights_y = bilinear_weights(ys, y_ok, r0 - 1, SRC, scale_h, in_h, ALIGN_CORNERS)
+    weights_y_t = tl.trans(bilinear_weights(ys, y_ok, r0 - 1, SRC, scale_h, in_h, ALIGN_CORNERS))
     weights_x = bilinear_weights(xs, x_ok, c0 - 1, SRC, scale_w, in_w, ALIGN_CORNERS)
-    weights_x_t = tl.trans(weights_x)
-    weights_y_t = tl.trans(weights_y)
 
     out_mask = y_ok[:, None] & x_ok[None, :]
-    label_offs = n * stride_label_n + ys[:, None].to(tl.int64) * stride_label_h + xs[None, :] * stride_label_w
-    label = tl.load(labels_ptr + label_offs, mask=out_mask, other=ignore_index)
-    valid = out_mask & (label != ignore_index)
-    # Registers: the class as int32 (-1 where not valid) and the log-sum-exp at +inf there, so that
-    # exp(z - lse) - onehot is exactly 0 on those pixels without a mask kept across the class loop.
-    label = tl.where(valid, label, -1).to(tl.int32)
-    lse = tl.load(lse_ptr + n * out_h * out_w + ys[:, None] * out_w + xs[None, :], mask=valid, other=float("inf"))
+    label_offs = ys[:, None].to(tl.int64) * stride_label_h + xs[None, :] * stride_label_w
+    lse_offs = ys[:, None] * out_w + xs[None, :]
+    labels_n = labels_ptr + n * stride_label_n
+    lse_n = lse_ptr + n * out_h * out_w
+    label, lse = _gather_label_lse(labels_n + label_offs, lse_n + lse_offs, out_mask, ignore_index)
     coef = tl.load(grad_scale_ptr)
-
-    base = logits_ptr + n * stride_n + pixels * stride_p
-    grad_base = grad_ptr + n * stride_grad_n + pixels * stride_grad_p
-    # Unrolled where the registers allow (TF32 dots): exact static instruction counts and overlap across classes;
-    # the fp32 ("ieee") dots keep a runtime loop, which spills when unrolled.
-    if UNROLL:
-        for c in tl.static_range(C):
-            _gather_class(base + c * stride_c, grad_base + c * stride_grad_c, in_map, owned, weights_y, weights_y_t,
-                          weights_x, weights_x_t, lse, label, coef, c, INPUT_PRECISION)  # fmt: skip
-    else:
-        for c in range(C):
-            _gather_class(base + c * stride_c, grad_base + c * stride_grad_c, in_map, owned, weights_y, weights_y_t,
-                          weights_x, weights_x_t, lse, label, coef, c, INPUT_PRECISION)  # fmt: skip
+    # The forward's bilinear footprint (bilinear_footprint on the flat index), separable here: source rows per output
+    # row and columns per output column, as element offsets of the logits within the image (int32, as the forward's
+    # pixel indices times stride_p). The 2-D offsets are formed inside the class loop (with the class's offset, so
+    # the compiler cannot hoist four 2-D int tensors out of it: holding them spilled).
+    h0, h1, lh0, lh1 = bilinear_source_index(ys, scale_h, in_h, ALIGN_CORNERS)
+    w0, w1, lw0, lw1 = bilinear_source_index(xs, scale_w, in_w, ALIGN_CORNERS)
+    row0, row1 = (h0 * in_w * stride_p)[:, None], (h1 * in_w * stride_p)[:, None]
+    col0, col1 = (w0 * stride_p)[None, :], (w1 * stride_p)[None, :]
+    lam = (lh0[:, None], lh1[:, None], lw0[None, :], lw1[None, :])
+    logits_n = logits_ptr + n * stride_n
+    grad_n = grad_ptr + n * stride_grad_n + pixels_src * stride_grad_p
+    # A runtime loop over the classes: unrolled, the compiler overlaps classes and the registers spill.
+    for c in range(C):
+        class_row0, class_row1 = row0 + c * stride_c, row1 + c * stride_c
+        pixels = (class_row0 + col0, class_row0 + col1, class_row1 + col0, class_row1 + col1)
+        z = bilinear_gather(logits_n, pixels, lam, 1, label >= 0)
+        grad_z = (tl.exp(z - lse) - tl.where(label == c, 1.0, 0.0)) * coef
+        grad_x = tl.dot(weights_y_t, tl.dot(grad_z, weights_x, input_precision=INPUT_PRECISION),
+                        input_precision=INPUT_PRECISION)  # fmt: skip
+        tl.store(grad_n + c * stride_grad_c, grad_x, mask=owned)
 
 
 # One pixel per lane: BLOCK_P = 32 * num_warps * (pixels per lane).
@@ -343,8 +349,12 @@ _CONFIGS = [triton.Config({"BLOCK_P": block_p}, num_warps=warps) for block_p, wa
 # The fixed config (autotuning off): 256 pixels per program, as before the one-pixel-per-lane redesign.
 _FIXED_CONFIG = triton.Config({"BLOCK_P": 256}, num_warps=4)
 _INTERPRET_CONFIG = triton.Config({"BLOCK_P": 4096}, num_warps=4)  # CPU interpreter only (see `tuned`)
-# Gather-form backward: (TILE_H, TILE_W) outputs per program, warps (bench aot: 240 registers, no spill at sm_90).
-_GATHER_TILE = (64, 64, 8)
+# Gather-form backward: (TILE_H, TILE_W) outputs per program and warps, by the dots' input precision and whether the
+# target is sm_90+ (bench aot, registers per thread at N=8, 65x129 -> 512x1024): TF32 at 64 x 64 fits sm_90's
+# wgmma (225, no spill) but spills on sm_80's mma.sync (64 B), where 64 x 32 fits (154); fp32 FMA dots spill at
+# 64 x 64 on both (16 B), so they take 64 x 32 (190).
+_GATHER_TILE = {("tf32", True): (64, 64, 8), ("tf32", False): (64, 32, 8),
+                ("ieee", True): (64, 32, 8), ("ieee", False): (64, 32, 8)}  # fmt: skip
 # CPU interpreter only: its cost is per program and per op, and a 128-output tile owns 14 sources at the demo's x8
 # (1.2 s against 4.2 s for the scatter form's backward at 2x19x24x48 -> 192x384). Never compiled for a GPU.
 _GATHER_TILE_INTERPRET = (128, 128, 4)
@@ -426,15 +436,18 @@ def _upsample_cross_entropy_fwd(
     return loss, lse, count
 
 
-def _gather_tile() -> tuple[int, int, int]:
-    return _GATHER_TILE_INTERPRET if interpreting() else _GATHER_TILE
+def _gather_tile(logits: Tensor) -> tuple[int, int, int]:
+    """(TILE_H, TILE_W, warps) of the gather-form backward for these logits' dtype and device."""
+    if interpreting():
+        return _GATHER_TILE_INTERPRET
+    return _GATHER_TILE[(_GATHER_PRECISION[logits.dtype], device_capability(logits.device) >= 90)]
 
 
 def _gather_geometry(logits: Tensor, labels: Tensor, align_corners: bool) -> tuple[int, int] | None:
     """(own_h, own_w) of the gather-form backward at this shape, or None (the scatter form then runs)."""
-    if os.environ.get("SEGADAPT_CE_BACKWARD", "scatter") != "gather":
+    if os.environ.get("SEGADAPT_CE_BACKWARD", "gather") == "scatter":
         return None
-    tile_h, tile_w, _ = _gather_tile()
+    tile_h, tile_w, _ = _gather_tile(logits)
     own_h = gather_plan(logits.shape[2], labels.shape[1], align_corners, tile_h)
     own_w = gather_plan(logits.shape[3], labels.shape[2], align_corners, tile_w)
     return None if own_h is None or own_w is None else (own_h, own_w)
@@ -445,17 +458,15 @@ def _upsample_cross_entropy_bwd(
 ) -> Tensor:
     """Launch the backward kernel. `grad_scale` is a 0-d f32 d(loss)/d(loss_sum). Returns grad of logits.
 
-    The scatter form (relaxed atomic adds) by default. SEGADAPT_CE_BACKWARD=gather selects the gather form
-    (deterministic, no atomics) wherever `gather_plan` fits the shape (upsampling up to ~x19 at the GPU tile); it is
-    not the default because its z is recomputed in another association than the forward's log-sum-exp, so on
-    confident pixels (p -> 1) the small p - 1 loses precision: measured 7e-4 of the gradient's scale after 3 steps
-    of the DDP test's toy run, where the scatter form stays at float rounding (module docstring).
+    The gather form (deterministic, no atomics) wherever `gather_plan` fits the shape; the scatter form (relaxed
+    atomic adds) otherwise or with SEGADAPT_CE_BACKWARD=scatter. Both recompute z exactly as the forward did, so the
+    softmax is consistent with the forward's `lse`.
     """
     batch, num_pixels = labels.shape[0], labels.shape[1] * labels.shape[2]
     plan = _gather_geometry(logits, labels, align_corners)
     if plan is not None:
         own_h, own_w = plan
-        tile_h, tile_w, warps = _gather_tile()
+        tile_h, tile_w, warps = _gather_tile(logits)
         geometry = _launch_geometry(logits, labels, align_corners, ignore_index)
         tiles_h, tiles_w = triton.cdiv(logits.shape[2], own_h), triton.cdiv(logits.shape[3], own_w)
         grad = torch.empty_like(logits, dtype=torch.float32)  # every source is written by one program
@@ -466,7 +477,7 @@ def _upsample_cross_entropy_bwd(
             grad.stride(0), grad.stride(1), pixel_stride(grad, "grad"),
             **geometry, inv_scale_h=inverse[0], inv_scale_w=inverse[1], own_h=own_h, own_w=own_w, tiles_w=tiles_w,
             TILE_H=tile_h, TILE_W=tile_w, SRC=GATHER_SRC, INPUT_PRECISION=_GATHER_PRECISION[logits.dtype],
-            UNROLL=_GATHER_PRECISION[logits.dtype] != "ieee", num_warps=warps,
+            num_warps=warps,
             work=batch * num_pixels,
         )  # fmt: skip
         return grad.to(logits.dtype)

@@ -140,3 +140,31 @@ def test_launchers_on_meta_tensors_record_the_real_specialisation():
     assert record.args[6:8] == (1, 19) and record.kwargs["C"] == 19 and record.kwargs["STORE_LSE"] is True
     assert record.work == 8 * 512 * 1024
     assert record.grid({"BLOCK_P": 128}) == (512 * 1024 // 128, 8)
+
+
+def test_the_gather_backward_is_recorded_with_each_targets_tile(monkeypatch):
+    """`record_launches(capability)` makes launchers pick that target's tiles: the CE gather backward's TF32 tile is
+    64 x 64 on sm_90 (wgmma: 225 registers) and 64 x 32 on sm_80 (mma.sync spilled at 64 x 64); fp32 is 64 x 32 on
+    both. The AOT run compiles each target's own launch, so no target is checked with another's tile."""
+    import torch
+
+    from segadapt.kernels._launch import device_capability
+    from segadapt.kernels._launch import record_launches
+
+    ce = importlib.import_module("segadapt.kernels.upsample_cross_entropy")
+    monkeypatch.setattr(ce, "interpreting", lambda: False)  # the GPU tiles, as `bench aot` (interpreter off) sees
+    labels = torch.empty(8, 512, 1024, device="meta", dtype=torch.int64)
+    tiles = {}
+    for dtype in (torch.bfloat16, torch.float32):
+        logits = torch.empty(8, 19, 65, 129, device="meta", dtype=dtype).contiguous(memory_format=torch.channels_last)
+        for capability in (90, 80):
+            with record_launches(capability) as records:
+                assert device_capability(logits.device) == capability
+                ce._upsample_cross_entropy_bwd(labels.new_empty((), dtype=torch.float32), logits, labels,
+                                               labels.new_empty(labels.shape, dtype=torch.float32), False, 255)
+            (record,) = records
+            assert record.kernel.__name__ == "_upsample_cross_entropy_bwd_gather_kernel"
+            tiles[(dtype, capability)] = (record.kwargs["TILE_H"], record.kwargs["TILE_W"])
+    assert tiles == {(torch.bfloat16, 90): (64, 64), (torch.bfloat16, 80): (64, 32),
+                     (torch.float32, 90): (64, 32), (torch.float32, 80): (64, 32)}  # fmt: skip
+    assert device_capability(torch.device("cpu")) == 90, "outside a recording, CPU answers the default"
