@@ -151,10 +151,16 @@ def build_everything(cfg: Config, world: distributed.World = SINGLE_PROCESS) -> 
     return Run(cfg, device, method, streams, optimizers, specs, ctx, run_dir_for(cfg), world, lr_scale)
 
 
+def is_log_step(cfg: Config, done: int) -> bool:
+    """Whether the loop logs after `done` finished steps: every `train.log_every`, and the last step."""
+    return done % cfg.train.log_every == 0 or done == cfg.schedule.stop_step
+
+
 def train_step(run: Run, step: int) -> dict[str, torch.Tensor]:
     """One optimizer step: `iter_size` micro-steps, then the scaler update. No host sync unless asked."""
     set_lr(run.optimizers, run.specs, lr_factor(run.cfg.schedule, step), run.lr_scale)
     run.ctx.step_index = step
+    run.ctx.log_step = is_log_step(run.cfg, step + 1)
     for micro in range(run.cfg.train.iter_size):
         run.ctx.micro_step = micro
         batch = {name: run.streams.next(name) for name in run.method.streams}
@@ -211,7 +217,7 @@ def _train(cfg: Config, world: distributed.World, resume: str | None, log, fresh
         pending = train_step(run, step)
         run.step = step + 1
         progress.update(1)
-        if run.step % cfg.train.log_every == 0 or run.step == cfg.schedule.stop_step:
+        if is_log_step(cfg, run.step):
             maybe_log(run, pending, logger, progress, start)
         if cfg.train.eval_every and run.step % cfg.train.eval_every == 0 and run.step < cfg.schedule.stop_step:
             maybe_evaluate(run, logger, log)

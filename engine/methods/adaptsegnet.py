@@ -126,21 +126,22 @@ class AdaptSegNet(Method):
                 }
                 # diag/<level>_acc_source | _target: D's accuracy on each domain during its update (0.5 = fooled).
                 loss_d_source = sum(
-                    self._d_loss(self.d_nets[n], p, cfg.source_label, source_size, (losses, f"diag/{n}_acc_source"))
-                    / 2 for n, p in pred_source.items()
+                    self._d_loss(self.d_nets[n], p, cfg.source_label, source_size,
+                                 (losses, f"diag/{n}_acc_source") if ctx.log_step else None) / 2
+                    for n, p in pred_source.items()
                 )  # fmt: skip
             ctx.backward(loss_d_source)
             with ctx.autocast():
                 loss_d_target = sum(
                     self._d_loss(self.d_nets[n], p.detach(), cfg.target_label, target_size,
-                                 (losses, f"diag/{n}_acc_target")) / 2
+                                 (losses, f"diag/{n}_acc_target") if ctx.log_step else None) / 2
                     for n, p in pred_target.items()
                 )  # fmt: skip
             ctx.backward(loss_d_target)
             losses["loss/d"] = (loss_d_source + loss_d_target).detach()
         # diag/target_acc: the segmenter's pixel accuracy on the target batch against its labels, never trained on
         # (where the batch carries them: the loaders always do; a caller may pass images only).
-        if "label" in target:
+        if ctx.log_step and "label" in target:
             losses["diag/target_acc"] = label_agreement(
                 upsample(out_target["main"].detach(), target_size, cfg.align_corners).argmax(1), target["label"]
             )

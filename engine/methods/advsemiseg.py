@@ -172,6 +172,8 @@ class AdvSemiSeg(Method):
         losses["loss/semi_adv"] = loss_semi_adv.detach()
         # Diagnosis against the unlabelled images' own labels (never trained on): the share of pixels D trusts
         # (confidence > T_semi, what L_semi would train on), the argmax accuracy there and over every pixel.
+        if not ctx.log_step:
+            return pred.detach()
         with torch.no_grad():
             trusted = confidence > cfg.mask_t
             argmax = pred.detach().argmax(1)
@@ -221,7 +223,8 @@ class AdvSemiSeg(Method):
             d_fake = discriminator(torch.softmax(pred, dim=1))
             loss_fake = upsample_bce(d_fake, size, fake_target, align_corners=cfg.align_corners) / 2
         ctx.backward(loss_fake)
-        losses["diag/d_acc_fake"] = domain_accuracy(d_fake, cfg.pred_label)  # D's accuracy on each input kind
+        if ctx.log_step:
+            losses["diag/d_acc_fake"] = domain_accuracy(d_fake, cfg.pred_label)  # D's accuracy on each input kind
         real = one_hot_labels(real_label, self.num_classes, memory_format=torch.channels_last)
         with ctx.autocast():
             d_real = discriminator(real)
@@ -230,7 +233,8 @@ class AdvSemiSeg(Method):
             loss_real = upsample_bce(d_real, real_size, real_target, align_corners=cfg.align_corners) / 2
         ctx.backward(loss_real)
         losses["loss/d"] = (loss_fake + loss_real).detach()
-        losses["diag/d_acc_real"] = domain_accuracy(d_real, cfg.gt_label)
+        if ctx.log_step:
+            losses["diag/d_acc_real"] = domain_accuracy(d_real, cfg.gt_label)
 
     def train_step(self, batch: dict[str, dict[str, Tensor]], ctx: StepContext) -> dict[str, Tensor]:
         losses: dict[str, Tensor] = {}

@@ -54,6 +54,9 @@ class StepContext:
         self.iter_size = iter_size
         self.micro_step = 0
         self.step_index = 0
+        self.log_step = True
+        """Whether the trainer logs this step's dict: methods compute their `diag/*` curves only then (some cost a
+        full-resolution upsample and argmax), so the other steps pay nothing for the diagnosis."""
 
     @property
     def last_micro_step(self) -> bool:

@@ -370,13 +370,15 @@ class LSDSeg(Method):
         ctx.step("discriminator")
         ctx.step("generator")
         ctx.step("model")
+        out = {"loss/seg": seg.detach() / n, "loss/d": loss_d.detach(), "loss/g": loss_g.detach(),
+               "loss/f": loss_f.detach()}  # fmt: skip
+        if not ctx.log_step:
+            return out
         with torch.no_grad():  # diagnosis (issue 18): D's 4-way domain accuracy; F's accuracy on the target batch
-            d_acc = sum(
+            out["diag/d_acc"] = sum(
                 (scores.argmax(1) == cls).float().mean()
                 for scores, cls in ((src_real_s, 0), (src_fake_s, 1), (tgt_real_s, 2), (tgt_fake_s, 3))
             ) / 4  # fmt: skip
-            out = {"loss/seg": seg.detach() / n, "loss/d": loss_d.detach(), "loss/g": loss_g.detach(),
-                   "loss/f": loss_f.detach(), "diag/d_acc": d_acc}  # fmt: skip
             if "label" in target:  # the loaders always give one; a caller may pass images only
                 size = tuple(target["image"].shape[-2:])
                 pred = F.interpolate(out_tgt["main"].float(), size, mode="bilinear", align_corners=cfg.align_corners)

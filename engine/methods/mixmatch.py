@@ -358,6 +358,8 @@ class MixMatch(Method):
         loss = triplet_loss(features, features[positive], features[negative], counted, self.cfg.margin)
         ctx.backward(loss)
         ctx.step("model")
+        if not ctx.log_step:
+            return {"loss/triplet": loss.detach()}
         diagnosis = triplet_margins(features.detach(), positive, negative, counted, self.cfg.margin)
         return {"loss/triplet": loss.detach(), **diagnosis}
 

@@ -507,7 +507,7 @@ class U2PL(Method):
             coin = torch.rand((), device=image_u.device) < cfg.cutmix_p
             uniforms = torch.rand(image_u.shape[0], 3, device=image_u.device, dtype=torch.float64)
             # Diagnosis only: the unlabelled images' own labels, never trained on (a caller may pass images only).
-            hidden = unlabeled.get("label")
+            hidden = unlabeled.get("label") if ctx.log_step else None
             pseudo_acc = None if hidden is None else label_agreement(pseudo, hidden)
             image_u, pseudo, box = cutmix(image_u, pseudo, coin, uniforms)
             if hidden is not None:
@@ -551,11 +551,12 @@ class U2PL(Method):
         out = {"loss/sup": sup.detach(), "loss/unsup": unsup.detach(), "loss/contra": contra.detach()}
         # Pseudo-label quality against the unlabelled images' labels: the teacher's map before CutMix, and on the
         # reliable pixels the unsupervised loss trains on (after CutMix, labels mixed by the same box).
-        out["diag/pl_reliable_share"] = reliable.float().mean()
+        if ctx.log_step:
+            out["diag/pl_reliable_share"] = reliable.float().mean()
         if hidden is not None:
             out["diag/pl_acc_all"] = pseudo_acc
             out["diag/pl_acc_reliable"] = label_agreement(pseudo, hidden, reliable)
-        if cfg.queue_gather_cap > 0 and cfg.contra_weight > 0:
+        if ctx.log_step and cfg.queue_gather_cap > 0 and cfg.contra_weight > 0:
             out["diag/queue_dropped"] = self.queue_dropped
         return out
 

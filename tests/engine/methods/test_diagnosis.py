@@ -161,3 +161,30 @@ def test_batches_without_hidden_labels_train_and_skip_those_curves(name):
     needs_labels = {"diag/target_acc", "diag/pl_acc_trusted", "diag/pl_acc_all", "diag/pl_acc_reliable"}
     assert set(with_labels) - set(without) == needs_labels & set(with_labels) != set()
     assert all(torch.isfinite(v) for v in without.values())
+
+
+@pytest.mark.parametrize("name", ["adaptsegnet", "advsemiseg", "lsdseg", "u2pl", "mixmatch"])
+def test_diagnosis_runs_on_logging_steps_only_and_never_changes_training(name):
+    """`ctx.log_step` False (the trainer's steps between two logs): no `diag/*` entry is computed, and the losses and
+    the weights after the step are bitwise those of a logged step, so the diagnosis costs the other steps nothing and
+    changes no result."""
+    from test_methods import METHODS
+    from test_methods import _build
+
+    assert name in METHODS
+    results = {}
+    for log_step in (True, False):
+        torch.manual_seed(0)
+        method, ctx, _ = _build(name)
+        ctx.log_step = log_step
+        torch.manual_seed(1)
+        losses = method.train_step(_batch(), ctx)
+        results[log_step] = losses, method.state_dict()
+    (logged, state), (quiet, quiet_state) = results[True], results[False]
+    assert any(key.startswith("diag/") for key in logged), "a logged step should carry the diagnosis"
+    assert not any(key.startswith("diag/") for key in quiet), sorted(quiet)
+    assert {k: v for k, v in logged.items() if not k.startswith("diag/")}.keys() == quiet.keys()
+    for key, value in quiet.items():
+        assert torch.equal(value, logged[key]), key
+    for key, value in quiet_state.items():
+        assert torch.equal(value, state[key]), key
