@@ -730,15 +730,17 @@ def readme_block(payload: dict[str, Any]) -> str:
 
 
 def update_readme(readme: Path, directory: Path = METHODS_RESULTS) -> list[str]:
-    """Rewrite every methods block of `readme` whose lane has a (non-quick) result JSON in `directory`; returns the
-    lanes written. Blocks of lanes without results are left as they are."""
+    """Rewrite every methods block of `readme` whose lane has a (non-quick) result JSON in `directory`, the held-out
+    one where a lane has both; returns the lanes written. Blocks of lanes without results are left as they are."""
     if not Path(readme).is_file():
         return []
     payloads = {}
     for path in sorted(Path(directory).glob("*.json")):
         payload = json.loads(path.read_text())
         if payload.get("bench") == "methods" and not payload.get("quick"):
-            payloads[payload["lane"]] = payload  # one device per lane here; the last file name wins
+            # One device per lane here; a held-out result wins over a tuning one (which says so in its block).
+            if payload["lane"] not in payloads or payload["held_out"] or not payloads[payload["lane"]]["held_out"]:
+                payloads[payload["lane"]] = payload
     text = Path(readme).read_text()
     written: list[str] = []
 

@@ -172,6 +172,12 @@ def test_quick_lane_end_to_end_and_resumable(tmp_path):
     assert "do not edit by hand" in lsd_block
     assert "<!-- methods:semi begin -->\nold text\n<!-- methods:semi end -->" in text
     assert text.startswith("# title\n") and text.endswith("tail\n")
+    # A lane with a held-out and a tuning result: the held-out one is written, whichever file sorts last.
+    for name, held_out in (("uda-lsd-cpu.json", True), ("uda-lsd-cpu-tuning.json", False)):
+        (measured / name).write_text(json.dumps({**payload, "quick": False, "held_out": held_out,
+                                                 "git_sha": "tuning" if not held_out else "held"}))  # fmt: skip
+    methods.update_readme(readme, measured)
+    assert "git `held`" in readme.read_text() and "git `tuning`" not in readme.read_text()
 
 
 def test_dry_run_prints_every_command_and_runs_nothing(tmp_path, capsys):
