@@ -22,16 +22,17 @@ Forward: one output pixel per lane, the C classes in compile-time loops (max, th
 exp), so every per-pixel instruction runs once per pixel (the class-across-lanes layout ran each one 32 times and
 reduced across lanes per pixel).
 
-Backward, gather form (default wherever `gather_plan` fits the shape: upsampling up to ~x19 at the bf16 GPU tile, ~x9
-at the fp32 one): a program owns a block of source logits (6 x 6 at x8 with 64 x 64-output tiles), recomputes z on the
-outputs that reach them exactly as the forward did (the 4 neighbours, the same expression: the same bits), the softmax
-from the forward's log-sum-exp, and reduces (softmax - onehot) * coef through the interpolation matrices, Wy^T (G Wx),
-over a 16 x 16 source window: no atomics, bitwise-deterministic gradients, TF32 dots for bf16 / fp16 logits and fp32
-FMAs for fp32. z must be the forward's bits: an earlier version recomputed z by dots too, Wy (X Wx^T), which rounds in
-another association (and TF32 rounds the weights); exp(z - lse) - 1 on a confident pixel is a difference of nearly
-equal numbers, so that rounding became an error of the gradient's own size (the 2-rank-vs-1-process DDP test drifted
-1.4e-4 on a weight after 3 steps, tolerance 1e-5; against a float64 reference on confident logits 3.8x the scatter
-form's error). Now both forms compute the same dL/dz per output pixel and differ only in how they sum it.
+Backward, gather form (default wherever `gather_plan` fits the shape: upsampling up to ~x19 at sm_90's bf16 tile, ~x9
+at the 64 x 32 tile of fp32 logits and of sm_80): a program owns a block of source logits (6 x 6 at x8 with 64 x
+64-output tiles), recomputes z on the outputs that reach them exactly as the forward did (the 4 neighbours, the same
+expression: the same bits), the softmax from the forward's log-sum-exp, and reduces (softmax - onehot) * coef through
+the interpolation matrices, Wy^T (G Wx), over a 16 x 16 source window: no atomics, bitwise-deterministic gradients,
+TF32 dots for bf16 / fp16 logits and fp32 FMAs for fp32. z must be the forward's bits: an earlier version recomputed z
+by dots too, Wy (X Wx^T), which rounds in another association (and TF32 rounds the weights); exp(z - lse) - 1 on a
+confident pixel is a difference of nearly equal numbers, so that rounding became an error of the gradient's own size
+(the 2-rank-vs-1-process DDP test drifted 1.4e-4 on a weight after 3 steps, tolerance 1e-5; against a float64
+reference on confident logits 3.8x the scatter form's error). Now both forms compute the same dL/dz per output pixel
+and differ only in how they sum it.
 
 Backward, scatter form (SEGADAPT_CE_BACKWARD=scatter, and wherever the gather plan does not fit): one output pixel per
 lane recomputes z exactly as the forward did, consistent with the stored log-sum-exp, and adds into the 4 source
