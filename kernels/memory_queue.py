@@ -310,8 +310,8 @@ class MemoryQueue:
         missing = sorted({"storage", "lengths", "write_ptr", "count"} - set(state))
         if missing:
             raise ValueError(f"state: missing keys {missing} (expected a MemoryQueue.state_dict())")
-        # host read: checkpoint load only, never in a training step
-        if not torch.equal(state["lengths"].to("cpu", torch.int64), self.lengths.cpu()):
+        saved = state["lengths"].to("cpu", torch.int64)  # host sync: checkpoint load only, never in a training step
+        if not torch.equal(saved, self.lengths.to("cpu")):  # host sync: checkpoint load only
             raise ValueError(f"state['lengths']: expected {self.lengths.tolist()}, got {state['lengths'].tolist()}")
         if tuple(state["storage"].shape) != tuple(self.storage.shape):
             raise ValueError(f"state['storage']: expected shape {tuple(self.storage.shape)}, got "

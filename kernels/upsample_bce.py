@@ -558,8 +558,8 @@ def main() -> None:
     value.backward()
     reference = upsample_bce_ref(d_logits.detach(), (33, 65), target, align_corners=True)
     path = "triton" if use_triton(d_logits) else "reference (set TRITON_INTERPRET=1)"
-    # host reads: CPU demo in main(), never in a training step
-    print(f"{path} {value.item():.6f}  reference {reference.item():.6f}  mean sigmoid {sigmoid.mean().item():.4f}")
+    numbers = (value.item(), reference.item(), sigmoid.mean().item())  # host sync: CPU demo main(), no training step
+    print(f"{path} {numbers[0]:.6f}  reference {numbers[1]:.6f}  mean sigmoid {numbers[2]:.4f}")
 
 
 if __name__ == "__main__":

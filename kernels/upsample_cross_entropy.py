@@ -578,8 +578,8 @@ def main() -> None:
     loss.backward()
     reference = upsample_cross_entropy_ref(logits.detach(), labels, align_corners=False)
     path = "triton" if use_triton(logits) else "reference (set TRITON_INTERPRET=1)"
-    # host reads: CPU demo in main(), never in a training step
-    print(f"{path} {loss.item():.6f}  reference {reference.item():.6f}  |grad| {logits.grad.norm().item():.6f}")
+    numbers = (loss.item(), reference.item(), logits.grad.norm().item())  # host sync: CPU demo main(), no training step
+    print(f"{path} {numbers[0]:.6f}  reference {numbers[1]:.6f}  |grad| {numbers[2]:.6f}")
 
 
 if __name__ == "__main__":
