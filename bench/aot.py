@@ -65,6 +65,19 @@ def _backward_form(variable: str, form: str):
             os.environ[variable] = saved
 
 
+@contextlib.contextmanager
+def _matmul_precision(precision: str):
+    """torch.set_float32_matmul_precision(precision) within the block, restored after."""
+    import torch
+
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(saved)
+
+
 def _cases(size: str) -> list[Case]:
     """The launchers at the shapes training runs them (size="real") or tiny ones (size="small", for tests)."""
     import torch
@@ -89,6 +102,9 @@ def _cases(size: str) -> list[Case]:
             _, lse, count = module._upsample_cross_entropy_fwd(logits, labels, align, 255, "mean", True)
             module._upsample_cross_entropy_fwd(logits, labels, align, 255, "mean", False)
             module._upsample_cross_entropy_bwd(count, logits, labels, lse, align, 255)
+            if dtype == torch.float32:  # fp32 logits under torch.set_float32_matmul_precision("high"): TF32 dots
+                with _matmul_precision("high"):
+                    module._upsample_cross_entropy_bwd(count, logits, labels, lse, align, 255)
             # The scatter form too: the fallback where the gather plan does not fit, and SEGADAPT_CE_BACKWARD=scatter.
             with _backward_form("SEGADAPT_CE_BACKWARD", "scatter"):
                 module._upsample_cross_entropy_bwd(count, logits, labels, lse, align, 255)

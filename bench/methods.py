@@ -15,10 +15,10 @@ Lanes (each run alone with --lane):
 - semi: per network, supervised-only on the labelled share | AdvSemiSeg or U2PL | full-label model
 - semi-init: the same from the pretrained start (`semi_demo_init_*`, trained once per data seed at seed 0)
 - mm: random init -> fine-tune | colorization -> fine-tune | colorization -> M&M -> fine-tune | full labels
-- semi-curve: the semi regime study, supervised-only (AdvSemiSeg's DeepLab-v2 and U2PL's DeepLab-v3+ recipes) on
-  1/16, 1/8, 1/4, 1/2 and all of the 150 labelled photo-domain train images: where do labels stop being the bottleneck? Each share is also paired with
-  the next smaller one (the gain of one doubling). Run it on the tuning data seed 0: it chooses the semi lanes'
-  labelled share, so it is a setting, not a result.
+- semi-curve: the semi regime study, supervised-only (AdvSemiSeg's DeepLab-v2 and U2PL's DeepLab-v3+ recipes) on 1/16,
+  1/8, 1/4, 1/2 and all of the 150 labelled photo-domain train images: where do labels stop being the bottleneck? Each
+  share is also paired with the next smaller one (the gain of one doubling). Run it on the tuning data seed 0: it
+  chooses the semi lanes' labelled share, so it is a setting, not a result.
 
 Every run is a subprocess `python -m segadapt train RECIPE --set ...` (one thread) into
 RUNS/<lane>/<arm>/d<D>-s<S>/; its final and best evaluation are read from that run's metrics.jsonl. A run whose
@@ -388,8 +388,20 @@ def run_state(job: Job) -> str:
     if held != job.expected:
         old, new = _flatten(held), _flatten(job.expected)
         changed = sorted(k for k in {*old, *new} if old.get(k, "<absent>") != new.get(k, "<absent>"))
-        return f"stale (settings changed: {', '.join(changed)})"
+        # A key the config gained after the run, at its default, is what the run did: not a change.
+        defaults = _config_defaults()
+        changed = [k for k in changed if not (k not in old and k in defaults and new[k] == defaults[k])]
+        if changed:
+            return f"stale (settings changed: {', '.join(changed)})"
     return "done" if (job.run_dir / "results.json").is_file() else "unfinished"
+
+
+def _config_defaults() -> dict[str, Any]:
+    """Every config key outside [method] at its default value, flattened as config.json's keys."""
+    from segadapt import config
+
+    defaults = _flatten(json.loads(json.dumps(config.to_dict(config.Config()))))
+    return {key: value for key, value in defaults.items() if not key.startswith("method.")}
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:

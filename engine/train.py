@@ -90,6 +90,16 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     return choices[name]
 
 
+MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+def apply_matmul_precision(name: str) -> None:
+    """torch.set_float32_matmul_precision(name), for `train.matmul_precision`, with an error naming the key."""
+    if name not in MATMUL_PRECISIONS:
+        raise ValueError(f"train.matmul_precision = {name!r}: expected 'highest', 'high' or 'medium'")
+    torch.set_float32_matmul_precision(name)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -146,6 +156,7 @@ def build_everything(cfg: Config, world: distributed.World = SINGLE_PROCESS) -> 
     specs = method.optimizers(cfg.optim)
     optimizers = {name: make_optimizer(spec, device, cfg.optim.fused) for name, spec in specs.items()}
     amp_dtype = resolve_precision(cfg.train.precision, device)
+    apply_matmul_precision(cfg.train.matmul_precision)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
     ctx = StepContext(device.type, amp_dtype, scaler, optimizers, cfg.train.iter_size)
     return Run(cfg, device, method, streams, optimizers, specs, ctx, run_dir_for(cfg), world, lr_scale)

@@ -27,12 +27,13 @@ at the 64 x 32 tile of fp32 logits and of sm_80): a program owns a block of sour
 64-output tiles), recomputes z on the outputs that reach them exactly as the forward did (the 4 neighbours, the same
 expression: the same bits), the softmax from the forward's log-sum-exp, and reduces (softmax - onehot) * coef through
 the interpolation matrices, Wy^T (G Wx), over a 16 x 16 source window: no atomics, bitwise-deterministic gradients,
-TF32 dots for bf16 / fp16 logits and fp32 FMAs for fp32. z must be the forward's bits: an earlier version recomputed z
-by dots too, Wy (X Wx^T), which rounds in another association (and TF32 rounds the weights); exp(z - lse) - 1 on a
-confident pixel is a difference of nearly equal numbers, so that rounding became an error of the gradient's own size
-(the 2-rank-vs-1-process DDP test drifted 1.4e-4 on a weight after 3 steps, tolerance 1e-5; against a float64
-reference on confident logits 3.8x the scatter form's error). Now both forms compute the same dL/dz per output pixel
-and differ only in how they sum it.
+TF32 dots for bf16 / fp16 logits; for fp32 logits fp32 FMAs, or TF32 dots where torch.get_float32_matmul_precision() is
+"high" / "medium" (`train.matmul_precision`), as PyTorch's own fp32 matmuls do. z must be the forward's bits: an earlier
+version recomputed z by dots too, Wy (X Wx^T), which rounds in another association (and TF32 rounds the weights); exp(z
+- lse) - 1 on a confident pixel is a difference of nearly equal numbers, so that rounding became an error of the
+gradient's own size (the 2-rank-vs-1-process DDP test drifted 1.4e-4 on a weight after 3 steps, tolerance 1e-5; against
+a float64 reference on confident logits 3.8x the scatter form's error). Now both forms compute the same dL/dz per output
+pixel and differ only in how they sum it.
 
 Backward, scatter form (SEGADAPT_CE_BACKWARD=scatter, and wherever the gather plan does not fit): one output pixel per
 lane recomputes z exactly as the forward did, consistent with the stored log-sum-exp, and adds into the 4 source
@@ -42,10 +43,12 @@ atomics bound it.
 Ahead of time (`python -m segadapt.bench aot`, sm_90, N=8, C=19 channels-last 65x129 -> 512x1024;
 bench/results/kernels-aot-sm90.json has every config and sm_80): forward ~21 warp instructions per output pixel;
 gather backward ~63 for bf16 logits (TF32 dots, 64 x 64 tile, runtime class loop, 225 registers, no spill; sm_80
-takes 64 x 32), ~154 for fp32 (FMA dots, 64 x 32); the scatter backward's 34 plus 4 REDs per class per pixel are
-bound by the atomics (~2.1 ms predicted at an assumed 1.5e11 atomics/s). Predicted H100 (`python -m segadapt.bench
-roofline`) against ~0.78 ms for eager fp32 at its byte floor: the default (gather) 0.34 ms bf16 (2.3x), 0.69 ms
-fp32 (1.13x); scatter 2.1 ms (0.37x). Unmeasured until a GPU runs bench/gpu_session.sh.
+takes 64 x 32), ~154 for fp32 (FMA dots, 64 x 32) and ~74 for fp32 under torch.set_float32_matmul_precision("high")
+(TF32 dots at 64 x 64, 255 registers, no spill); the scatter backward's 34 plus 4 REDs per class per pixel are bound
+by the atomics (~2.1 ms predicted at an assumed 1.5e11 atomics/s). Predicted H100 (`python -m segadapt.bench
+roofline`) against ~0.81 ms for eager fp32 at its byte floor (2.7 GB counted from the aten ops the reference
+dispatches): the default (gather) 0.34 ms bf16 (2.4x); fp32 0.69 ms (1.17x) at PyTorch's default matmul precision,
+0.37 ms (2.2x) at "high"; scatter 2.1 ms (0.38x). Unmeasured until a GPU runs bench/gpu_session.sh.
 Labels outside [0, C) other than `ignore_index` are not checked on the Triton path (the check would need a host
 sync); they contribute logsumexp(z) to the loss instead of raising.
 """
@@ -363,7 +366,25 @@ _GATHER_TILE_INTERPRET = (128, 128, 4)
 # tensor cores round only the bilinear weights and the softmax gradient to TF32's 10 bits (relative 2^-11, under
 # the 2^-8 / 2^-11 rounding the gradient gets when cast back to the logits' dtype). fp32 logits keep fp32 FMAs
 # ("ieee"); "tf32x3" (fp32-accurate on tensor cores) spills at this tile.
+#
+# fp32 logits follow PyTorch's own switch for fp32 matmuls, `torch.set_float32_matmul_precision`: "highest" (its
+# default) keeps fp32 FMAs; "high" / "medium" let the reduction dots round to TF32 as every fp32 matmul then does. The
+# z the softmax is taken from is never rounded (it is the forward's expression, not a dot); only the terms of the
+# reduction dL/dX = Wy^T (G Wx) are (relative 2^-11 each, summed in fp32). The paper recipes run fp32 with cuDNN's
+# TF32 convolutions (PyTorch's default, as the official code ran), which round this gradient to TF32 as they consume
+# it. Tried for "highest" and dropped (bench aot, sm_90): fp32 FMA dots at 64 x 64, 97 instructions/px and a 16 B
+# spill; 3xTF32 by hand (G and Wx split into TF32 high and low parts, three dots) at 64 x 64, 87 and a 24 B spill
+# (16 warps: 116 and 256 B).
 _GATHER_PRECISION = {torch.float32: "ieee", torch.bfloat16: "tf32", torch.float16: "tf32"}
+
+
+def _gather_precision(dtype: torch.dtype) -> str:
+    """The backward dots' input precision for logits of `dtype` (fp32: per torch.get_float32_matmul_precision())."""
+    if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
+        return "tf32"
+    return _GATHER_PRECISION[dtype]
+
+
 # Partial slots depend on BLOCK_P: zero them between autotune trials so no config's leftovers are summed.
 _FWD = tuned(_upsample_cross_entropy_fwd_kernel, _CONFIGS, _FIXED_CONFIG, ["C", "out_w"],
              ["loss_partial_ptr", "count_partial_ptr"], interpret=_INTERPRET_CONFIG)  # fmt: skip
@@ -441,7 +462,7 @@ def _gather_tile(logits: Tensor) -> tuple[int, int, int]:
     """(TILE_H, TILE_W, warps) of the gather-form backward for these logits' dtype and device."""
     if interpreting():
         return _GATHER_TILE_INTERPRET
-    return _GATHER_TILE[(_GATHER_PRECISION[logits.dtype], device_capability(logits.device) >= 90)]
+    return _GATHER_TILE[(_gather_precision(logits.dtype), device_capability(logits.device) >= 90)]
 
 
 def _gather_geometry(logits: Tensor, labels: Tensor, align_corners: bool) -> tuple[int, int] | None:
@@ -477,7 +498,7 @@ def _upsample_cross_entropy_bwd(
             grad_scale, grad, logits.stride(0), logits.stride(1), pixel_stride(logits, "logits"),
             grad.stride(0), grad.stride(1), pixel_stride(grad, "grad"),
             **geometry, inv_scale_h=inverse[0], inv_scale_w=inverse[1], own_h=own_h, own_w=own_w, tiles_w=tiles_w,
-            TILE_H=tile_h, TILE_W=tile_w, SRC=GATHER_SRC, INPUT_PRECISION=_GATHER_PRECISION[logits.dtype],
+            TILE_H=tile_h, TILE_W=tile_w, SRC=GATHER_SRC, INPUT_PRECISION=_gather_precision(logits.dtype),
             num_warps=warps,
             work=batch * num_pixels,
         )  # fmt: skip

@@ -144,8 +144,9 @@ def test_launchers_on_meta_tensors_record_the_real_specialisation():
 
 def test_the_gather_backward_is_recorded_with_each_targets_tile(monkeypatch):
     """`record_launches(capability)` makes launchers pick that target's tiles: the CE gather backward's TF32 tile is
-    64 x 64 on sm_90 (wgmma: 225 registers) and 64 x 32 on sm_80 (mma.sync spilled at 64 x 64); fp32 is 64 x 32 on
-    both. The AOT run compiles each target's own launch, so no target is checked with another's tile."""
+    64 x 64 on sm_90 (wgmma: 225 registers) and 64 x 32 on sm_80 (mma.sync spilled at 64 x 64); fp32 is 64 x 32 on both
+    with FMA dots, and takes the TF32 tiles under torch.set_float32_matmul_precision("high"). The AOT run compiles each
+    target's own launch, so no target is checked with another's tile."""
     import torch
 
     from segadapt.kernels._launch import device_capability
@@ -155,16 +156,28 @@ def test_the_gather_backward_is_recorded_with_each_targets_tile(monkeypatch):
     monkeypatch.setattr(ce, "interpreting", lambda: False)  # the GPU tiles, as `bench aot` (interpreter off) sees
     labels = torch.empty(8, 512, 1024, device="meta", dtype=torch.int64)
     tiles = {}
-    for dtype in (torch.bfloat16, torch.float32):
-        logits = torch.empty(8, 19, 65, 129, device="meta", dtype=dtype).contiguous(memory_format=torch.channels_last)
-        for capability in (90, 80):
-            with record_launches(capability) as records:
-                assert device_capability(logits.device) == capability
-                ce._upsample_cross_entropy_bwd(labels.new_empty((), dtype=torch.float32), logits, labels,
-                                               labels.new_empty(labels.shape, dtype=torch.float32), False, 255)
-            (record,) = records
-            assert record.kernel.__name__ == "_upsample_cross_entropy_bwd_gather_kernel"
-            tiles[(dtype, capability)] = (record.kwargs["TILE_H"], record.kwargs["TILE_W"])
-    assert tiles == {(torch.bfloat16, 90): (64, 64), (torch.bfloat16, 80): (64, 32),
-                     (torch.float32, 90): (64, 32), (torch.float32, 80): (64, 32)}  # fmt: skip
+    saved = torch.get_float32_matmul_precision()
+    try:
+        for dtype, matmul in ((torch.bfloat16, "highest"), (torch.float32, "highest"), (torch.float32, "high")):
+            torch.set_float32_matmul_precision(matmul)
+            logits = torch.empty(8, 19, 65, 129, device="meta", dtype=dtype)
+            logits = logits.contiguous(memory_format=torch.channels_last)
+            for capability in (90, 80):
+                with record_launches(capability) as records:
+                    assert device_capability(logits.device) == capability
+                    lse = labels.new_empty(labels.shape, dtype=torch.float32)
+                    scale = labels.new_empty((), dtype=torch.float32)
+                    ce._upsample_cross_entropy_bwd(scale, logits, labels, lse, False, 255)
+                (record,) = records
+                assert record.kernel.__name__ == "_upsample_cross_entropy_bwd_gather_kernel"
+                kwargs = record.kwargs
+                tiles[(dtype, matmul, capability)] = (kwargs["TILE_H"], kwargs["TILE_W"], kwargs["INPUT_PRECISION"])
+    finally:
+        torch.set_float32_matmul_precision(saved)
+    # fp32 logits follow torch.set_float32_matmul_precision: TF32 dots (and their tiles) under "high"
+    assert tiles == {
+        (torch.bfloat16, "highest", 90): (64, 64, "tf32"), (torch.bfloat16, "highest", 80): (64, 32, "tf32"),
+        (torch.float32, "highest", 90): (64, 32, "ieee"), (torch.float32, "highest", 80): (64, 32, "ieee"),
+        (torch.float32, "high", 90): (64, 64, "tf32"), (torch.float32, "high", 80): (64, 32, "tf32"),
+    }  # fmt: skip
     assert device_capability(torch.device("cpu")) == 90, "outside a recording, CPU answers the default"

@@ -189,3 +189,22 @@ def test_dry_run_prints_every_command_and_runs_nothing(tmp_path, capsys):
     assert sum("to run" in line for line in lines) == 12 and not runs.exists()
     with pytest.raises(SystemExit):
         methods.main(["--lane", "nope"])
+
+
+def test_a_key_added_to_the_config_at_its_default_does_not_make_a_run_stale(tmp_path):
+    """config.json from before a key existed (here train.matmul_precision) still counts as done when the protocol
+    would run the key at its default: the run did what the default does. Any other difference is stale, named."""
+    expected = json.loads(json.dumps(config.to_dict(config.load("demo"))))
+    held = json.loads(json.dumps(expected))
+    del held["train"]["matmul_precision"]
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps(held))
+    (run_dir / "results.json").write_text("{}")
+    arm = methods.Arm("sourceonly", "source-only", "baseline", "demo")
+    job = methods.Job("uda-adaptseg", arm, 0, 1, run_dir, [], expected)
+    assert methods.run_state(job) == "done"
+    job.expected = {**expected, "train": {**expected["train"], "matmul_precision": "high"}}
+    assert methods.run_state(job) == "stale (settings changed: train.matmul_precision)"
+    job.expected = {**expected, "train": {**expected["train"], "seed": 7}}
+    assert methods.run_state(job) == "stale (settings changed: train.seed)"

@@ -120,6 +120,7 @@ def test_no_field_is_copied_between_sections():
         (["method.name=u2pl", "method.cutmix_p=1.5"], "method.cutmix_p", "float in [0, 1]", "1.5"),
         (["method.name=adaptsegnet", "method.d_lr=0"], "method.d_lr", "float > 0", "0.0"),
         (["export.opset=13"], "export.opset", "int >= 17", "13"),
+        (['train.matmul_precision="tf32"'], "train.matmul_precision", "one of 'highest', 'high', 'medium'", "'tf32'"),
         # ranges that depend on another field
         (
             ["schedule.total_steps=100", "schedule.stop_step=101"],
