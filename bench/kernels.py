@@ -290,8 +290,12 @@ def _available(names: list[str]) -> list[str]:
     return present
 
 
-def _roofline_ms(stamp: dict[str, Any]) -> dict[tuple[str, str], float]:
-    """Predicted ms of the roofline model (bench/roofline.py) for its shape, keyed (op, mode); {} when unavailable."""
+def _roofline_ms(stamp: dict[str, Any], precision: str = "bf16") -> dict[tuple[str, str], float]:
+    """Predicted ms of the roofline model (bench/roofline.py) for its shape, keyed (op, mode); {} when unavailable.
+
+    Per op the row of the default form at this precision: "upsample_cross_entropy fwd+bwd fp32" for fp32 inputs (the
+    process's default matmul precision), the unqualified row otherwise; never the scatter or matmul=high rows, which
+    this bench does not run."""
     try:
         from segadapt.bench import roofline
 
@@ -301,11 +305,17 @@ def _roofline_ms(stamp: dict[str, Any]) -> dict[tuple[str, str], float]:
     except (SystemExit, Exception):  # noqa: BLE001 - no AOT results or no model: the column stays empty
         return {}
     modes = {"upsample_cross_entropy": "full", "upsample_bce": "full"}
-    out = {}
+    want = {"fp32"} if precision == "fp32" else set()
+    out, fallback = {}, {}
     for row in table:
-        op = row["op"].split()[0]
-        out[(op, modes.get(op, "fwd"))] = row["predicted_ms"]
-    return out
+        op, *rest = row["op"].split()
+        qualifiers = {word for word in rest if word != "fwd+bwd"}
+        key = (op, modes.get(op, "fwd"))
+        if qualifiers == want:
+            out[key] = row["predicted_ms"]
+        elif not qualifiers:
+            fallback[key] = row["predicted_ms"]
+    return {**fallback, **out}
 
 
 def _roofline_case(case: Case) -> bool:
@@ -323,7 +333,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure every requested combination, writing the JSON after every row (a cut-off run keeps what it has)."""
     stamp = env_stamp(args.device)
     peak_gbps = device_peak_bandwidth(stamp["device_name"])
-    predicted = _roofline_ms(stamp)
+    predicted = _roofline_ms(stamp, args.precision)
     cases = make_cases(args.cases, args.device, args.precision, args.layout)
     if args.batches:
         cases = [case for case in cases if case["batch"] in args.batches]

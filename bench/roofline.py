@@ -7,6 +7,13 @@ from bench/results/kernels-aot-sm90.json, x pixels / the device's warp-instructi
 taking eager at its own byte floor (a generous model of eager: it assumes eager reaches peak bandwidth, so the
 predicted speedup is a lower bound on that axis).
 
+Eager bytes are counted, not estimated: the op's reference (the `*_ref` specification eager PyTorch runs, forward and
+backward) is run on meta tensors of the real shapes under a dispatch mode that adds, for every aten op it issues, the
+bytes of the distinct tensors that op reads and writes (`eager_census`; views and allocations move nothing, an
+expanded operand counts its stored elements once, an in-place output counts once, nll_loss reads one class per
+pixel and its backward does not read its input). A hand count of the same passes had left out the casts and masks
+(upsample+BCE: 56 counted by hand against 117 bytes per pixel dispatched).
+
 Model, stated so that bench/gpu_session.sh can check it: fused time = max(instruction floor, byte floor, atomic
 floor). Issue rate = SMs x 4 schedulers x 1 warp instruction per clock x boost clock. The atomic rate is an
 assumption (ATOMIC_RATE below, relaxed fp32 RED to distinct-ish L2 addresses) until a lent GPU measures it; the
@@ -18,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,69 +48,176 @@ D_LOW = BATCH * 16 * 32  # 1/32 discriminator map
 
 @dataclass(frozen=True)
 class Row:
-    """One op at its real shape: bytes of the fused kernels and of eager PyTorch, and the AOT kernels it runs."""
+    """One op at its real shape: bytes of the fused kernels, the eager reference it replaces, and its AOT kernels."""
 
     op: str
     shape: str
     fused_bytes: int
-    eager_bytes: int
+    eager: Callable[[], object]  # runs the op's reference (forward and backward) on meta tensors of the real shape
     kernels: tuple[tuple[str, str, str], ...]  # (aot case, kernel name, variant substring)
     atomics_per_pixel: float = 0.0
 
 
+# ------------------------------------------------------------------------------------------------- eager census
+# Ops that move no bytes: allocations (the first write is the op that fills them) and aliases.
+_ALLOCATIONS = ("aten::empty", "aten::empty_like", "aten::empty_strided", "aten::new_empty", "aten::new_empty_strided",
+                "aten::detach", "aten::alias", "aten::lift_fresh")  # fmt: skip
+
+
+def _stored_bytes(tensor) -> int:
+    """Bytes of the elements a tensor view stores: an expanded (stride-0) dimension is stored once."""
+    elements = 1
+    for size, stride in zip(tensor.shape, tensor.stride(), strict=True):
+        elements *= size if stride != 0 else 1
+    return elements * tensor.element_size() if tensor.numel() else 0
+
+
+def eager_census(run: Callable[[], object]) -> tuple[int, list[tuple[str, int]]]:
+    """Bytes eager PyTorch moves running `run` (on meta tensors: nothing is computed), total and per aten op.
+
+    Per op: the distinct tensors it reads or writes, each at its stored bytes (an in-place output that is also an
+    input counts once; 0-d tensors are ignored). Two ops touch only part of an argument: nll_loss forward reads one
+    class per pixel of its input (counted as the target's element count at the input's element size) and nll_loss
+    backward never reads its input (only its shape). The count is a floor for eager's traffic: each op reads and
+    writes its tensors once, with no cache reuse across ops and no extra passes inside an op (a sort counts once).
+    """
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    ops: list[tuple[str, int]] = []
+
+    class _Census(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            name = func._schema.name
+            if func.is_view or name in _ALLOCATIONS:
+                return out
+            operands = list(args)
+            if name in ("aten::nll_loss_forward", "aten::nll_loss2d_forward"):
+                source, target = operands[0], operands[1]
+                operands[0] = torch.empty(target.numel(), dtype=source.dtype, device="meta")
+            elif name in ("aten::nll_loss_backward", "aten::nll_loss2d_backward"):
+                operands[1] = None
+            distinct = {}
+            for tensor in tree_leaves((operands, kwargs, out)):
+                if isinstance(tensor, torch.Tensor) and tensor.dim() > 0:
+                    key = (tensor.untyped_storage()._cdata, tensor.storage_offset(), tuple(tensor.shape),
+                           tuple(tensor.stride()), tensor.dtype)  # fmt: skip
+                    distinct[key] = _stored_bytes(tensor)
+            ops.append((str(func), sum(distinct.values())))
+            return out
+
+    with _Census():
+        run()
+    return sum(moved for _, moved in ops), ops
+
+
+def _meta(*shape, dtype=None, channels_last: bool = False, grad: bool = False):
+    import torch
+
+    tensor = torch.empty(*shape, dtype=dtype or torch.float32, device="meta")
+    if channels_last:
+        tensor = tensor.contiguous(memory_format=torch.channels_last)
+    return tensor.requires_grad_(grad)
+
+
+def _eager_ce(dtype_name: str) -> Callable[[], object]:
+    def run():
+        import torch
+
+        from segadapt.kernels.upsample_cross_entropy import upsample_cross_entropy_ref
+
+        logits = _meta(BATCH, CLASSES, 65, 129, dtype=getattr(torch, dtype_name), channels_last=True, grad=True)
+        labels = _meta(BATCH, HEIGHT, WIDTH, dtype=torch.int64)
+        upsample_cross_entropy_ref(logits, labels, align_corners=False).backward()
+
+    return run
+
+
+def _eager_entropy() -> None:
+    import torch
+
+    from segadapt.kernels.entropy_percentile import entropy_percentile_ref
+
+    logits = _meta(BATCH, CLASSES, HEIGHT, WIDTH, dtype=torch.bfloat16, channels_last=True)
+    entropy_percentile_ref(logits, _meta(BATCH, HEIGHT, WIDTH, dtype=torch.bool), 80.0)
+
+
+def _eager_pseudo_label() -> None:
+    import torch
+
+    from segadapt.kernels.pseudo_label import pseudo_label_ref
+
+    logits = _meta(BATCH, CLASSES, HEIGHT, WIDTH, dtype=torch.bfloat16, channels_last=True)
+    pseudo_label_ref(logits, ignore=_meta(BATCH, HEIGHT, WIDTH, dtype=torch.bool))
+
+
+def _eager_one_hot() -> None:
+    import torch
+
+    from segadapt.kernels.pseudo_label import one_hot_labels_ref
+
+    one_hot_labels_ref(_meta(BATCH, HEIGHT, WIDTH, dtype=torch.int64), CLASSES, memory_format=torch.channels_last)
+
+
+def _eager_bce() -> None:
+    import torch
+
+    from segadapt.kernels.upsample_bce import upsample_bce_ref
+
+    d_logits = _meta(BATCH, 1, 16, 32, dtype=torch.bfloat16, grad=True)
+    target = _meta(BATCH, HEIGHT, WIDTH, dtype=torch.int64)
+    upsample_bce_ref(d_logits, (HEIGHT, WIDTH), target, align_corners=False).backward()
+
+
 def rows() -> list[Row]:
-    """The ops at N=8, C=19, 512x1024 (bf16 channels-last logits), with the byte counts spelled out."""
+    """The ops at N=8, C=19, 512x1024 (bf16 channels-last logits), with the fused byte counts spelled out."""
     elements = PIXELS * CLASSES  # full-resolution class scores
     return [
         # fused: fwd reads labels (8 B) and writes lse (4 B); bwd reads labels and lse again (the ~1.3x window overlap
         # of the gather form hits L2); the low-res logits (bf16, read twice) and the fp32 gradient (written once,
         # cast to bf16) are small. The default backward is the gather form: no atomics.
-        # eager (fp32 as the spec): upsample write, log_softmax read+write, nll; backward: nll grad write,
-        # log_softmax backward 2 reads + write, upsample backward read: 8 full-resolution fp32 passes + labels.
         Row("upsample_cross_entropy fwd+bwd", f"{BATCH}x{CLASSES}x65x129 bf16 cl -> 512x1024",
-            PIXELS * (8 + 4 + 8 + 4) + CE_LOW * CLASSES * (2 + 2 + 4 + 4 + 2),
-            8 * elements * 4 + 2 * PIXELS * 8,
+            PIXELS * (8 + 4 + 8 + 4) + CE_LOW * CLASSES * (2 + 2 + 4 + 4 + 2), _eager_ce("bfloat16"),
             (("ce_cs_bf16_cl", "_upsample_cross_entropy_fwd_kernel", "STORE_LSE=True"),
              ("ce_cs_bf16_cl", "_upsample_cross_entropy_bwd_gather_kernel", ""))),
-        # fp32 logits (the paper recipes train in fp32): fp32 FMA dots at a 64 x 32 tile (64 x 64 spilled).
+        # fp32 logits (the paper recipes train in fp32) at PyTorch's default matmul precision "highest": fp32 FMA dots
+        # at a 64 x 32 tile (64 x 64 spilled).
         Row("upsample_cross_entropy fwd+bwd fp32", f"{BATCH}x{CLASSES}x65x129 fp32 cl -> 512x1024",
-            PIXELS * (8 + 4 + 8 + 4) + CE_LOW * CLASSES * (4 + 4 + 4 + 4),
-            8 * elements * 4 + 2 * PIXELS * 8,
+            PIXELS * (8 + 4 + 8 + 4) + CE_LOW * CLASSES * (4 + 4 + 4 + 4), _eager_ce("float32"),
             (("ce_cs_fp32_cl", "_upsample_cross_entropy_fwd_kernel", "STORE_LSE=True"),
-             ("ce_cs_fp32_cl", "_upsample_cross_entropy_bwd_gather_kernel", ""))),
+             ("ce_cs_fp32_cl", "_upsample_cross_entropy_bwd_gather_kernel", "INPUT_PRECISION=ieee"))),
+        # fp32 logits under torch.set_float32_matmul_precision("high"): TF32 reduction dots at 64 x 64 on sm_90.
+        Row("upsample_cross_entropy fwd+bwd fp32 matmul=high", f"{BATCH}x{CLASSES}x65x129 fp32 cl -> 512x1024",
+            PIXELS * (8 + 4 + 8 + 4) + CE_LOW * CLASSES * (4 + 4 + 4 + 4), _eager_ce("float32"),
+            (("ce_cs_fp32_cl", "_upsample_cross_entropy_fwd_kernel", "STORE_LSE=True"),
+             ("ce_cs_fp32_cl", "_upsample_cross_entropy_bwd_gather_kernel", "INPUT_PRECISION=tf32"))),
         # The scatter backward (SEGADAPT_CE_BACKWARD=scatter, and the fallback where the gather plan does not fit):
         # 4 relaxed atomics per class and output pixel into a zeroed fp32 accumulator.
         Row("upsample_cross_entropy fwd+bwd scatter", f"{BATCH}x{CLASSES}x65x129 bf16 cl -> 512x1024",
-            PIXELS * (8 + 4 + 8 + 4) + CE_LOW * CLASSES * (2 + 2 + 4 + 4 + 4 + 2),
-            8 * elements * 4 + 2 * PIXELS * 8,
+            PIXELS * (8 + 4 + 8 + 4) + CE_LOW * CLASSES * (2 + 2 + 4 + 4 + 4 + 2), _eager_ce("bfloat16"),
             (("ce_cs_bf16_cl", "_upsample_cross_entropy_fwd_kernel", "STORE_LSE=True"),
              ("ce_cs_bf16_cl", "_upsample_cross_entropy_bwd_kernel", "")),
             atomics_per_pixel=4 * CLASSES),
         # fused: logits once (bf16) + entropy write, 4 radix passes over entropy bits + ignore, split pass.
-        # eager: log_softmax write/read, exp, product, sum (fp32 full-size passes ~5), a full sort of P floats
-        # (radix sort: ~8 passes of 8 bytes key+index), masks.
         Row("entropy_percentile", f"{BATCH}x{CLASSES}x512x1024 bf16 cl",
-            elements * 2 + PIXELS * 4 + 4 * PIXELS * 5 + PIXELS * (4 + 1 + 2),
-            elements * 2 + 5 * elements * 4 + PIXELS * 4 * 2 + 8 * PIXELS * 16 + PIXELS * (4 + 1 + 2),
+            elements * 2 + PIXELS * 4 + 4 * PIXELS * 5 + PIXELS * (4 + 1 + 2), _eager_entropy,
             (("entropy_bf16_cl", "_entropy_fwd_kernel", ""), ("entropy_bf16_cl", "_radix_histogram_kernel", ""),
              ("entropy_bf16_cl", "_radix_histogram_kernel", ""), ("entropy_bf16_cl", "_radix_histogram_kernel", ""),
              ("entropy_bf16_cl", "_radix_histogram_kernel", ""), ("entropy_bf16_cl", "_split_kernel", ""))),
-        # fused: logits once, ignore, label (8 B) and conf (4 B) out. eager: argmax pass, softmax write + read for
-        # amax, masks and a masked_fill: ~4 full-size passes.
+        # fused: logits once, ignore, label (8 B) and conf (4 B) out.
         Row("pseudo_label", f"{BATCH}x{CLASSES}x512x1024 bf16 cl",
-            elements * 2 + PIXELS * (1 + 8 + 4),
-            elements * 2 * 2 + elements * 4 * 2 + PIXELS * (1 + 8 + 4 + 8 + 8),
+            elements * 2 + PIXELS * (1 + 8 + 4), _eager_pseudo_label,
             (("pseudo_cs_bf16_cl", "_pseudo_label_fwd_kernel", ""),)),
-        # fused: labels in, one-hot out. eager: one_hot (int64 P*C), float cast, permute copy.
+        # fused: labels in, one-hot out.
         Row("one_hot_labels", f"{BATCH}x512x1024 -> {CLASSES} ch fp32",
-            PIXELS * 8 + elements * 4,
-            PIXELS * 8 + elements * 8 + elements * (8 + 4) + elements * 4 * 2,
+            PIXELS * 8 + elements * 4, _eager_one_hot,
             (("pseudo_cs_bf16_cl", "_one_hot_fwd_kernel", ""),)),
         # fused: target map (int64) read twice (the gather backward's window overlap hits L2), the tiny map and its
-        # gradient. eager: upsample write, BCE elementwise write, mask, where, sum; backward about as many passes.
+        # gradient.
         Row("upsample_bce fwd+bwd", f"{BATCH}x1x16x32 -> 512x1024, target map",
-            2 * PIXELS * 8 + D_LOW * (4 * 3),
-            2 * PIXELS * 8 + 10 * PIXELS * 4,
+            2 * PIXELS * 8 + D_LOW * (4 * 3), _eager_bce,
             (("bce_map_bf16", "_upsample_bce_fwd_kernel", ""),
              ("bce_map_bf16", "_upsample_bce_bwd_gather_kernel", ""))),
     ]  # fmt: skip
@@ -138,10 +253,11 @@ def predict(device: str = "h100", aot_path: Path = AOT_PATH) -> list[dict]:
         byte_ms = row.fused_bytes / bandwidth * 1e3
         atomic_ms = row.atomics_per_pixel * PIXELS / ATOMIC_RATE * 1e3
         fused_ms = max(instruction_ms, byte_ms, atomic_ms)
-        eager_ms = row.eager_bytes / bandwidth * 1e3
+        eager_bytes, _ = eager_census(row.eager)
+        eager_ms = eager_bytes / bandwidth * 1e3
         table.append({
             "op": row.op, "shape": row.shape, "fused_MB": round(row.fused_bytes / 1e6, 1),
-            "eager_MB": round(row.eager_bytes / 1e6, 1), "instr_per_px": round(instructions, 1),
+            "eager_MB": round(eager_bytes / 1e6, 1), "instr_per_px": round(instructions, 1),
             "instr_floor_ms": round(instruction_ms, 3), "byte_floor_ms": round(byte_ms, 3),
             "atomic_floor_ms": round(atomic_ms, 3), "predicted_ms": round(fused_ms, 3),
             "eager_ms": round(eager_ms, 3), "speedup": round(eager_ms / fused_ms, 2),
@@ -166,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     table = predict(args.device, args.aot)
     sms, clock, bandwidth = DEVICES[args.device]
     print(f"{args.device}: {sms} SMs x 4 warp-instr/clk x {clock} GHz, {bandwidth / 1e12} TB/s HBM, "
-          f"assumed {ATOMIC_RATE:.1e} relaxed atomics/s; eager taken at its byte floor")  # fmt: skip
+          f"assumed {ATOMIC_RATE:.1e} relaxed atomics/s; eager taken at its byte floor, its bytes counted "
+          f"from the aten ops its reference dispatches")  # fmt: skip
     print(markdown_table(table, COLUMNS))
     if args.json is not None:
         write_json(args.json, {"bench": "roofline", "device_model": args.device, "results": table})

@@ -23,9 +23,10 @@ output pixel's 4 adds into only N x h x w addresses). Where the window cannot ho
 the scatter form runs (relaxed atomics, order not fixed).
 Ahead of time (bench aot, sm_90, 8x1x16x32 -> 512x1024): forward 3.5-3.7 warp instructions per output pixel,
 gather backward ~5 (constant target) and ~8 (uint8/int64 target map; runtime loop counted per trip), 74-80
-registers, no spill, no atomic. Predicted H100 (`bench roofline`): ~1.4x eager on the map case (instruction-bound:
-the x32 window recomputes ~1.8 outputs per owned one); the scatter form was predicted at 0.63x, atomic-bound.
-The reference materialises the P*4-byte upsampled map, the per-pixel loss, the mask and their gradients.
+registers, no spill, no atomic. Predicted H100 (`bench roofline`): ~3x eager on the map case (instruction-bound:
+the x32 window recomputes ~1.8 outputs per owned one; eager's 117 bytes per output pixel are counted from the aten
+ops the reference dispatches: the upsampled map, the mask, the target's where and float cast, the per-pixel loss and
+their gradients); the scatter form was predicted at 0.63x against a hand count that had left out those casts.
 """
 
 from __future__ import annotations

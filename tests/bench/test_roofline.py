@@ -53,3 +53,51 @@ def test_missing_aot_result_names_the_command(tmp_path):
 def test_committed_aot_result_covers_every_modelled_kernel():
     table = roofline.predict("h100")
     assert [row["op"] for row in table if row["missing_aot"]] == []
+
+
+def test_census_counts_the_tensors_each_op_touches_once():
+    """The eager byte census on meta tensors: an op's distinct inputs and outputs at their stored bytes."""
+    import torch
+    import torch.nn.functional as F
+
+    a, b = (torch.empty(1000, device="meta") for _ in range(2))
+    assert roofline.eager_census(lambda: a + b)[0] == 3 * 4000
+    # an expanded operand is stored once; views and allocations move nothing; an in-place output counts once
+    assert roofline.eager_census(lambda: a + torch.empty(1, device="meta").expand(1000))[0] == 2 * 4000 + 4
+    assert roofline.eager_census(lambda: a.view(10, 100).t())[0] == 0
+    assert roofline.eager_census(lambda: torch.empty_like(a))[0] == 0
+    assert roofline.eager_census(lambda: a.add_(b))[0] == 2 * 4000
+    # nll_loss reads one class per pixel; its backward writes the input's gradient without reading the input
+    scores = torch.empty(2, 19, 8, 8, device="meta", requires_grad=True)
+    target = torch.empty(2, 8, 8, dtype=torch.int64, device="meta")
+    _, ops = roofline.eager_census(lambda: F.nll_loss(scores, target, reduction="sum").backward())
+    moved = dict(ops)
+    assert moved["aten.nll_loss2d_forward.default"] == 128 * 8 + 128 * 4
+    assert moved["aten.nll_loss2d_backward.default"] == 128 * 8 + 128 * 19 * 4
+
+
+def test_census_of_the_fp32_ce_row_itemises_eager_passes():
+    """The fp32 upsample+CE reference at the real shape, pass by pass: the upsample writes the full-resolution
+    scores, log_softmax reads and writes them, its backward reads two and writes one; labels are read by nll_loss."""
+    row = {row.op: row for row in roofline.rows()}["upsample_cross_entropy fwd+bwd fp32"]
+    total, ops = roofline.eager_census(row.eager)
+    moved = dict(ops)
+    full = roofline.PIXELS * roofline.CLASSES * 4
+    low = roofline.CE_LOW * roofline.CLASSES * 4
+    assert moved["aten.upsample_bilinear2d.default"] == full + low
+    assert moved["aten._log_softmax.default"] == 2 * full
+    assert moved["aten._log_softmax_backward_data.default"] == 3 * full
+    assert moved["aten.nll_loss2d_forward.default"] == roofline.PIXELS * (8 + 4)
+    assert total == sum(moved for _, moved in ops) and total > 8 * full
+
+
+def test_kernels_bench_compares_with_the_default_forms_row():
+    """`bench kernels` times the default (gather) backward at its precision: its "% of roofline" must take that row's
+    prediction, never the scatter or matmul=high rows (an earlier lookup kept the last row per op: the scatter one)."""
+    from segadapt.bench import kernels
+
+    table = {row["op"]: row["predicted_ms"] for row in roofline.predict("h100")}
+    for precision, op in (("bf16", "upsample_cross_entropy fwd+bwd"), ("fp32", "upsample_cross_entropy fwd+bwd fp32")):
+        predicted = kernels._roofline_ms({"device_name": "NVIDIA H100 80GB HBM3"}, precision)
+        assert predicted[("upsample_cross_entropy", "full")] == table[op]
+        assert predicted[("pseudo_label", "fwd")] == table["pseudo_label"]
