@@ -56,6 +56,7 @@ class Row:
     eager: Callable[[], object]  # runs the op's reference (forward and backward) on meta tensors of the real shape
     kernels: tuple[tuple[str, str, str], ...]  # (aot case, kernel name, variant substring)
     atomics_per_pixel: float = 0.0
+    work: int = PIXELS  # the AOT's unit of work: output pixels, or rows for the queue
 
 
 # ------------------------------------------------------------------------------------------------- eager census
@@ -171,6 +172,41 @@ def _eager_bce() -> None:
     upsample_bce_ref(d_logits, (HEIGHT, WIDTH), target, align_corners=False).backward()
 
 
+# U2PL's enqueue at the Cityscapes recipe: every rank's teacher representation rows (4 images of 193 x 193 at stride 4
+# of a 769 crop, one negative class slot each), all-gathered over 8 ranks, 256-d, into 19 rings of 50,000 / 30,000.
+QUEUE_ROWS, QUEUE_DIM = 8 * 4 * 193 * 193, 256
+
+
+def _queue_inputs():
+    import torch
+
+    from segadapt.kernels.memory_queue import u2pl_lengths
+
+    state = [_meta(CLASSES, dtype=torch.int64) for _ in range(4)]  # offsets, lengths, write_ptr, count
+    storage = _meta(sum(u2pl_lengths(CLASSES)), QUEUE_DIM)
+    return storage, *state, _meta(QUEUE_ROWS, QUEUE_DIM), _meta(QUEUE_ROWS, dtype=torch.int64)
+
+
+def _eager_queue() -> None:
+    from segadapt.kernels.memory_queue import memory_queue_enqueue_ref
+
+    memory_queue_enqueue_ref(*_queue_inputs())
+
+
+def _queue_fused_bytes() -> int:
+    """The fused enqueue: its launcher's torch ops (the stable sort and per-class ranks), counted like eager's, plus
+    the kernel's own traffic, by hand: class and rank per row (16 B), and for the rows a ring keeps (at most the rings'
+    total length; every row taken as a negative, the worst case) the feature row read and the storage row written."""
+    from segadapt.kernels._launch import record_launches
+    from segadapt.kernels.memory_queue import _memory_queue_enqueue
+    from segadapt.kernels.memory_queue import u2pl_lengths
+
+    with record_launches():  # the kernel is recorded, not run: only the launcher's torch ops are counted
+        launcher, _ = eager_census(lambda: _memory_queue_enqueue(*_queue_inputs()))
+    kept = min(QUEUE_ROWS, sum(u2pl_lengths(CLASSES)))
+    return launcher + QUEUE_ROWS * 16 + 2 * kept * QUEUE_DIM * 4
+
+
 def rows() -> list[Row]:
     """The ops at N=8, C=19, 512x1024 (bf16 channels-last logits), with the fused byte counts spelled out."""
     elements = PIXELS * CLASSES  # full-resolution class scores
@@ -220,6 +256,9 @@ def rows() -> list[Row]:
             2 * PIXELS * 8 + D_LOW * (4 * 3), _eager_bce,
             (("bce_map_bf16", "_upsample_bce_fwd_kernel", ""),
              ("bce_map_bf16", "_upsample_bce_bwd_gather_kernel", ""))),
+        # U2PL's memory-queue enqueue (work = rows, instructions per row from the AOT's 256-d case).
+        Row("memory_queue_enqueue", f"{QUEUE_ROWS} x {QUEUE_DIM} rows -> 19 rings", _queue_fused_bytes(), _eager_queue,
+            (("queue_256", "_memory_queue_enqueue_kernel", ""),), work=QUEUE_ROWS),
     ]  # fmt: skip
 
 
@@ -249,9 +288,9 @@ def predict(device: str = "h100", aot_path: Path = AOT_PATH) -> list[dict]:
         per_pixel = [instructions_per_pixel(aot, *kernel) for kernel in row.kernels]
         missing = [kernel[1] for kernel, value in zip(row.kernels, per_pixel, strict=True) if value is None]
         instructions = sum(value or 0.0 for value in per_pixel)
-        instruction_ms = instructions * PIXELS / issue_rate * 1e3
+        instruction_ms = instructions * row.work / issue_rate * 1e3
         byte_ms = row.fused_bytes / bandwidth * 1e3
-        atomic_ms = row.atomics_per_pixel * PIXELS / ATOMIC_RATE * 1e3
+        atomic_ms = row.atomics_per_pixel * row.work / ATOMIC_RATE * 1e3
         fused_ms = max(instruction_ms, byte_ms, atomic_ms)
         eager_bytes, _ = eager_census(row.eager)
         eager_ms = eager_bytes / bandwidth * 1e3

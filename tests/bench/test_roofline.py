@@ -101,3 +101,17 @@ def test_kernels_bench_compares_with_the_default_forms_row():
         predicted = kernels._roofline_ms({"device_name": "NVIDIA H100 80GB HBM3"}, precision)
         assert predicted[("upsample_cross_entropy", "full")] == table[op]
         assert predicted[("pseudo_label", "fwd")] == table["pseudo_label"]
+        assert ("memory_queue_enqueue", "fwd") not in predicted  # another row count than the bench's
+
+
+def test_queue_row_counts_rows_not_pixels(tmp_path):
+    """The enqueue's work unit is a gathered row: its instruction floor is instructions per row x rows, and its fused
+    bytes are the launcher's counted torch ops plus the kernel's key/rank reads and kept rows read and written."""
+    table = {row["op"]: row for row in roofline.predict("h100", _aot(tmp_path, 10.0))}
+    sms, clock, _ = roofline.DEVICES["h100"]
+    queue = table["memory_queue_enqueue"]
+    assert queue["instr_floor_ms"] == pytest.approx(
+        10.0 * roofline.QUEUE_ROWS / (sms * 4 * clock * 1e9) * 1e3, abs=1e-3
+    )
+    kept = min(roofline.QUEUE_ROWS, 50000 + 18 * 30000)
+    assert queue["fused_MB"] * 1e6 >= roofline.QUEUE_ROWS * 16 + 2 * kept * roofline.QUEUE_DIM * 4
