@@ -458,11 +458,24 @@ def _upsample_cross_entropy_fwd(
     return loss, lse, count
 
 
+# fp32 logits with TF32 dots (matmul precision "high") hold their 4 neighbours at 32 bits, not 16: at 64 x 64 on sm_90
+# triton 3.9 fits them (255 registers, no spill) and triton 3.6 spills (104 B; bench aot under the floor triton), so
+# below 3.9 they take the 64 x 32 tile.
+_TF32_FP32_WIDE_FROM = (3, 9)
+
+
+def _triton_version() -> tuple[int, int]:
+    return tuple(int(part) for part in triton.__version__.split(".")[:2])
+
+
 def _gather_tile(logits: Tensor) -> tuple[int, int, int]:
     """(TILE_H, TILE_W, warps) of the gather-form backward for these logits' dtype and device."""
     if interpreting():
         return _GATHER_TILE_INTERPRET
-    return _GATHER_TILE[(_gather_precision(logits.dtype), device_capability(logits.device) >= 90)]
+    precision, sm90 = _gather_precision(logits.dtype), device_capability(logits.device) >= 90
+    if precision == "tf32" and logits.dtype == torch.float32 and _triton_version() < _TF32_FP32_WIDE_FROM:
+        return _GATHER_TILE[(precision, False)]
+    return _GATHER_TILE[(precision, sm90)]
 
 
 def _gather_geometry(logits: Tensor, labels: Tensor, align_corners: bool) -> tuple[int, int] | None:

@@ -181,3 +181,14 @@ def test_the_gather_backward_is_recorded_with_each_targets_tile(monkeypatch):
         (torch.float32, "high", 90): (64, 64, "tf32"), (torch.float32, "high", 80): (64, 32, "tf32"),
     }  # fmt: skip
     assert device_capability(torch.device("cpu")) == 90, "outside a recording, CPU answers the default"
+    # Under triton < 3.9 (3.6 spilled 104 B at 64 x 64) fp32 logits with TF32 dots keep the 64 x 32 tile on sm_90.
+    monkeypatch.setattr(ce, "_triton_version", lambda: (3, 6))
+    saved = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        fp32 = torch.empty(8, 19, 65, 129, device="meta").contiguous(memory_format=torch.channels_last)
+        bf16 = fp32.to(torch.bfloat16)
+        with record_launches(90):
+            assert ce._gather_tile(fp32) == (64, 32, 8) and ce._gather_tile(bf16) == (64, 64, 8)
+    finally:
+        torch.set_float32_matmul_precision(saved)
