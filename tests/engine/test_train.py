@@ -150,3 +150,18 @@ def test_a_full_disk_on_the_metrics_log_names_the_file(tmp_path):
         logger.write({"kind": "train", "step": 1})
     assert caught.value.filename == str(tmp_path / "metrics.jsonl") and caught.value.errno == errno.ENOSPC
     assert logger.lines == 0
+
+
+def test_matmul_precision_is_applied_for_the_run(synth, tmp_path):
+    """train.matmul_precision reaches torch.set_float32_matmul_precision when the run is built (the fused CE backward
+    reads it for fp32 logits); the default is PyTorch's own, "highest"."""
+    from segadapt.train import build_everything
+
+    saved = torch.get_float32_matmul_precision()
+    try:
+        build_everything(_cfg(synth, tmp_path / "high", 1, **{"train.matmul_precision": "high"}))
+        assert torch.get_float32_matmul_precision() == "high"
+        build_everything(_cfg(synth, tmp_path / "default", 1))
+        assert torch.get_float32_matmul_precision() == "highest"
+    finally:
+        torch.set_float32_matmul_precision(saved)
