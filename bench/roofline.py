@@ -79,8 +79,9 @@ def eager_census(run: Callable[[], object]) -> tuple[int, list[tuple[str, int]]]
     Per op: the distinct tensors it reads or writes, each at its stored bytes (an in-place output that is also an
     input counts once; 0-d tensors are ignored). Two ops touch only part of an argument: nll_loss forward reads one
     class per pixel of its input (counted as the target's element count at the input's element size) and nll_loss
-    backward never reads its input (only its shape). The count is a floor for eager's traffic: each op reads and
-    writes its tensors once, with no cache reuse across ops and no extra passes inside an op (a sort counts once).
+    backward never reads its input (only its shape). A floor for eager's traffic in that each op reads and writes its
+    tensors once, with no extra passes inside an op (a sort counts once); not in that no cache reuse between ops is
+    assumed (a tensor that fits the L2, as upsample+BCE's 16-33 MB ones partly do on an H100, may not reach HBM).
     """
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
