@@ -25,6 +25,12 @@ RUNS/<lane>/<arm>/d<D>-s<S>/; its final and best evaluation are read from that r
 results.json exists and whose config.json equals what the protocol would run now is not run again (resumable);
 an unfinished or stale run directory is removed and the run repeated.
 
+Tuning (issue 18: settings are chosen on training seeds 1-3 of data seed 0, then reported on held-out seeds): `--probe
+ARM:KEY=VALUE --tag TAG` changes one arm only, e.g. `--lane semi --seeds 1-3 --data-seeds 0 --probe
+u2pl:method.unsup_weight=0.25 --tag w025`; the probed arm runs as ARM@TAG (an arm starting from a probed stage too), in
+its own run directories, so the baseline's and ceiling's finished runs are reused, and the result lands in
+<lane>-<device>-tuning-<tag>.{json,md,png}, never in the README.
+
 Per lane and table the result JSON, markdown and one PNG (bars with 95% intervals) go to bench/results/methods/
 <lane>-<device>.{json,md,png}: mean and std of mIoU (last snapshot; best-on-val, which selects on the data it is
 scored on, labelled as such), the paired difference to the baseline over the (data seed, training seed) pairs with a
@@ -46,6 +52,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +106,39 @@ class Lane:
     def arms(self) -> list[Arm]:
         """Stages first (so a plan lists a start before the runs that read it), then every table's rows."""
         return [*self.stages, *(arm for table in self.tables for arm in table.arms)]
+
+
+def probe_lane(lane: Lane, probes: list[str], tag: str) -> Lane:
+    """The lane with a tuning probe: each "ARM:KEY=VALUE" adds KEY=VALUE to that arm only, and the arm (with every arm
+    that starts from it) becomes ARM@TAG, its own run directories, so the other arms' finished runs are reused as they
+    are and nothing of theirs is removed. Raises ValueError naming an arm the lane does not have."""
+    sets: dict[str, list[str]] = {}
+    for probe in probes:
+        arm, colon, setting = probe.partition(":")
+        if not colon or "=" not in setting:
+            raise ValueError(f"--probe {probe!r}: expected ARM:KEY=VALUE, e.g. u2pl:method.unsup_weight=0.25")
+        sets.setdefault(arm, []).append(setting)
+    keys = [arm.key for arm in lane.arms()]
+    unknown = sorted(set(sets) - set(keys))
+    if unknown:
+        raise ValueError(
+            f"--probe {', '.join(unknown)}: not an arm of lane {lane.name}; its arms are {', '.join(keys)}"
+        )
+    renamed = set(sets)
+    for arm in lane.arms():  # stages come first: an arm starting from a probed stage is probed too
+        if arm.start_from in renamed:
+            renamed.add(arm.key)
+
+    def probed(arm: Arm) -> Arm:
+        if arm.key not in renamed:
+            return arm
+        extra = tuple(sets.get(arm.key, ()))
+        label = f"{arm.label} [{', '.join(extra) or 'from ' + arm.start_from + '@' + tag}]"
+        start = f"{arm.start_from}@{tag}" if arm.start_from in renamed else arm.start_from
+        return replace(arm, key=f"{arm.key}@{tag}", label=label, overrides=(*arm.overrides, *extra), start_from=start)
+
+    tables = tuple(replace(table, arms=tuple(probed(arm) for arm in table.arms)) for table in lane.tables)
+    return replace(lane, tables=tables, stages=tuple(probed(arm) for arm in lane.stages))
 
 
 def _method(name: str, **fields: str) -> str:
@@ -749,7 +789,7 @@ def update_readme(readme: Path, directory: Path = METHODS_RESULTS) -> list[str]:
     payloads = {}
     for path in sorted(Path(directory).glob("*.json")):
         payload = json.loads(path.read_text())
-        if payload.get("bench") == "methods" and not payload.get("quick"):
+        if payload.get("bench") == "methods" and not payload.get("quick") and not payload.get("probe"):
             # One device per lane here; a held-out result wins over a tuning one (which says so in its block).
             if payload["lane"] not in payloads or payload["held_out"] or not payloads[payload["lane"]]["held_out"]:
                 payloads[payload["lane"]] = payload
@@ -798,6 +838,12 @@ def _parser() -> argparse.ArgumentParser:
                         "RUNS/results)")  # fmt: skip
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="extra override for every run, e.g. --set data.synthshift.count=40")  # fmt: skip
+    parser.add_argument("--probe", dest="probes", action="append", default=[], metavar="ARM:KEY=VALUE",
+                        help="a tuning probe: an override for one arm only, e.g. --probe "
+                        "u2pl:method.unsup_weight=0.25; that arm runs as ARM@TAG, the others' runs are reused; needs "
+                        "--tag")  # fmt: skip
+    parser.add_argument("--tag", default="", help="name of the probe: the probed arms' key suffix and the result "
+                        "files' (<lane>-<device>[-tuning]-<tag>.json); probes never fill the README")  # fmt: skip
     return parser
 
 
@@ -848,8 +894,10 @@ def run_lane(lane: Lane, args, seeds: list[int], data_seeds: list[int], runs: Pa
         "tables": summarize(lane, jobs),
         "timing": clock,
         "status": counts,
+        "probe": {"tag": args.tag, "sets": args.probes} if args.probes else None,
     }
     stem = f"{lane.name}-{slug}" + ("-quick" if args.quick else "") + ("" if payload["held_out"] else "-tuning")
+    stem += f"-{args.tag}" if args.probes else ""
     path = write_json(out / f"{stem}.json", payload)
     page, picture = render(path)
     print(page.read_text())
@@ -868,6 +916,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
     lanes = _lanes_of(parser, args.lane)
+    if bool(args.probes) != bool(args.tag) or not re.fullmatch(r"[A-Za-z0-9_.-]*", args.tag):
+        parser.error("--probe and --tag go together; the tag is letters, digits, '_', '.', '-'")
+    if args.probes:
+        try:
+            lanes = [probe_lane(lane, args.probes, args.tag) for lane in lanes]
+        except ValueError as error:
+            parser.error(str(error))
     runs = Path(args.runs or ("runs/methods-quick" if args.quick else "runs/methods"))
     out = Path(args.out) if args.out else (runs / "results" if args.quick else METHODS_RESULTS)
     failed = sum(run_lane(lane, args, seeds, data_seeds, runs, out, argv) for lane in lanes)

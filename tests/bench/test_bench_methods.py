@@ -208,3 +208,37 @@ def test_a_key_added_to_the_config_at_its_default_does_not_make_a_run_stale(tmp_
     assert methods.run_state(job) == "stale (settings changed: train.matmul_precision)"
     job.expected = {**expected, "train": {**expected["train"], "seed": 7}}
     assert methods.run_state(job) == "stale (settings changed: train.seed)"
+
+
+def test_a_probe_overrides_one_arm_in_its_own_run_directories(tmp_path, capsys):
+    """--probe ARM:KEY=VALUE --tag T: only that arm gets the override and runs as ARM@T; every other arm keeps its
+    run directory (finished runs are reused, none is removed); an arm starting from a probed stage is probed too."""
+    runs = tmp_path / "runs"
+    argv = ["--dry-run", "--lane", "semi", "--seeds", "1", "--data-seeds", "0", "--runs", str(runs),
+            "--probe", "u2pl:method.unsup_weight=0.25", "--tag", "w025"]  # fmt: skip
+    assert methods.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    states = [line for line in lines if line.startswith("# ")]
+    assert "# semi/u2pl@w025/d0-s1: to run" in states and "# semi/supervised-v3plus/d0-s1: to run" in states
+    commands = [line for line in lines if line.startswith("OMP_NUM_THREADS=1 ")]
+    probed = [line for line in commands if "method.unsup_weight=0.25" in line]
+    assert len(probed) == 1 and "semi/u2pl@w025/d0-s1" in probed[0] and len(commands) == 6
+    lane = methods.probe_lane(methods.LANES["semi-init"], ["init-v3plus:optim.lr=0.02"], "lr2")
+    keys = {arm.key: arm for arm in lane.arms()}
+    assert {"init-v3plus@lr2", "u2pl@lr2", "supervised-v3plus@lr2", "init-v2", "advsemiseg"} <= set(keys)
+    assert keys["u2pl@lr2"].start_from == "init-v3plus@lr2" and keys["advsemiseg"].start_from == "init-v2"
+    assert (
+        keys["init-v3plus@lr2"].overrides[-1] == "optim.lr=0.02" and "optim.lr=0.02" not in keys["u2pl@lr2"].overrides
+    )
+    with pytest.raises(SystemExit):
+        methods.main(["--dry-run", "--lane", "semi", "--probe", "nope:method.x=1", "--tag", "t"])
+    with pytest.raises(SystemExit):
+        methods.main(["--dry-run", "--lane", "semi", "--probe", "u2pl:method.unsup_weight=0.25"])  # no --tag
+
+
+def test_probe_results_never_fill_the_readme(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- methods:semi begin -->\nold\n<!-- methods:semi end -->\n")
+    payload = {"bench": "methods", "lane": "semi", "quick": False, "held_out": True, "probe": {"tag": "w025"}}
+    (tmp_path / "semi-cpu-w025.json").write_text(json.dumps(payload))
+    assert methods.update_readme(readme, tmp_path) == [] and "old" in readme.read_text()
