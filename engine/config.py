@@ -523,6 +523,9 @@ class Schedule:
 
 
 # ---------------------------------------------------------------------------------------------------------- train
+MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's values
+
+
 @_frozen
 class Train:
     run_dir: str = "runs/{recipe}"
@@ -567,7 +570,7 @@ class Train:
     loop only."""
 
     def _invalid(self) -> Iterator[tuple[str, str, Any]]:
-        if self.matmul_precision not in ("highest", "high", "medium"):
+        if self.matmul_precision not in MATMUL_PRECISIONS:
             yield "matmul_precision", "one of 'highest', 'high', 'medium'", self.matmul_precision
 
 

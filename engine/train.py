@@ -20,6 +20,7 @@ import torch
 
 from segadapt import checkpoint
 from segadapt import distributed
+from segadapt.config import MATMUL_PRECISIONS
 from segadapt.config import Config
 from segadapt.config import replace
 from segadapt.config import to_dict
@@ -88,9 +89,6 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     if name not in choices:
         raise ValueError(f"train.precision = {name!r}: expected 'auto', 'bf16', 'fp16' or 'fp32'")
     return choices[name]
-
-
-MATMUL_PRECISIONS = ("highest", "high", "medium")
 
 
 def apply_matmul_precision(name: str) -> None:
