@@ -129,13 +129,17 @@ def probe_lane(lane: Lane, probes: list[str], tag: str) -> Lane:
         if arm.start_from in renamed:
             renamed.add(arm.key)
 
+    def name(key: str) -> str:
+        return f"{key}@{tag}" if key in renamed else key
+
     def probed(arm: Arm) -> Arm:
+        versus = tuple(name(key) for key in arm.versus)  # a comparison with a probed arm follows its new key
         if arm.key not in renamed:
-            return arm
+            return replace(arm, versus=versus)
         extra = tuple(sets.get(arm.key, ()))
-        label = f"{arm.label} [{', '.join(extra) or 'from ' + arm.start_from + '@' + tag}]"
-        start = f"{arm.start_from}@{tag}" if arm.start_from in renamed else arm.start_from
-        return replace(arm, key=f"{arm.key}@{tag}", label=label, overrides=(*arm.overrides, *extra), start_from=start)
+        label = f"{arm.label} [{', '.join(extra) or 'from ' + name(arm.start_from)}]"
+        return replace(arm, key=name(arm.key), label=label, overrides=(*arm.overrides, *extra),
+                       start_from=name(arm.start_from), versus=versus)  # fmt: skip
 
     tables = tuple(replace(table, arms=tuple(probed(arm) for arm in table.arms)) for table in lane.tables)
     return replace(lane, tables=tables, stages=tuple(probed(arm) for arm in lane.stages))

@@ -230,6 +230,9 @@ def test_a_probe_overrides_one_arm_in_its_own_run_directories(tmp_path, capsys):
     assert (
         keys["init-v3plus@lr2"].overrides[-1] == "optim.lr=0.02" and "optim.lr=0.02" not in keys["u2pl@lr2"].overrides
     )
+    # M&M is also compared with colorization: probing colorization, that comparison follows it to colorization@t
+    mm = {arm.key: arm for arm in methods.probe_lane(methods.LANES["mm"], ["colorization:optim.lr=0.02"], "t").arms()}
+    assert mm["mixmatch"].versus == ("colorization@t",) and "colorization@t" in mm
     with pytest.raises(SystemExit):
         methods.main(["--dry-run", "--lane", "semi", "--probe", "nope:method.x=1", "--tag", "t"])
     with pytest.raises(SystemExit):
