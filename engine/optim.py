@@ -80,12 +80,26 @@ class RepeatedGroupSGD(torch.optim.SGD):
             unique = {id(p): p.grad for group in self.param_groups for p in group["params"] if p.grad is not None}
             torch._foreach_div_(list(unique.values()), grad_scale)
         if grad_scale is None and found_inf is None:
-            return super().step(closure)
+            return _sgd_step(self, closure)
         self.grad_scale = self.found_inf = None  # SGD's own step refuses them off its fused path
         try:
-            return super().step(closure)
+            return _sgd_step(self, closure)
         finally:  # GradScaler deletes the attributes it set after the step
             self.grad_scale, self.found_inf = grad_scale, found_inf
+
+
+def _sgd_step(optimizer: torch.optim.SGD, closure):
+    """torch.optim.SGD's step without its hook wrapper.
+
+    The first SGD built in a process wraps `SGD.step` in place with the code that runs the step hooks
+    (`Optimizer._patch_step_function`), and `RepeatedGroupSGD.step` is wrapped the same way: through `super().step`
+    every registered step pre-/post-hook (a logger, an EMA update, the parity scripts' gradient recorder) ran twice
+    per step once any plain SGD existed. The wrapper keeps the function it wraps as `__wrapped__`.
+    """
+    step = torch.optim.SGD.step
+    if getattr(step, "hooked", False):
+        step = step.__wrapped__
+    return step(optimizer, closure)
 
 
 def make_optimizer(spec: OptimizerSpec, device: torch.device, fused: str) -> torch.optim.Optimizer:

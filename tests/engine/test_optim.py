@@ -192,6 +192,26 @@ def test_repeated_groups_unscale_each_gradient_once_under_a_grad_scaler():
     assert torch.equal(p.detach(), start)
 
 
+@pytest.mark.parametrize("scaled", [False, True])
+def test_repeated_sgd_runs_each_step_hook_once_after_a_plain_sgd_exists(scaled):
+    """Found by the shared AdaptSegNet parity script, whose recorder is a step pre-hook: once a plain torch.optim.SGD
+    had been built (which wraps SGD.step with the hook runner, in place), RepeatedGroupSGD's super().step ran the
+    hooks a second time and the recorder saw two 'model' steps per iteration. Hooks fire once per step, as on any
+    torch optimizer, whatever was built before; the step itself is still one update per occurrence."""
+    p = torch.nn.Parameter(torch.ones(3))
+    torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)  # wraps torch.optim.SGD.step for the process
+    spec = OptimizerSpec([{"params": [p] * 3, "lr_mult": 1.0, "name": "backbone"}], "sgd", 0.1)
+    optimizer = make_optimizer(spec, torch.device("cpu"), "auto")
+    calls = []
+    optimizer.register_step_pre_hook(lambda *_: calls.append("pre"))
+    optimizer.register_step_post_hook(lambda *_: calls.append("post"))
+    scaler = torch.amp.GradScaler("cpu", init_scale=8.0, enabled=scaled)
+    scaler.scale(p.sum()).backward()
+    scaler.step(optimizer)
+    assert calls == ["pre", "post"]
+    torch.testing.assert_close(p.detach(), torch.full((3,), 1 - 0.3))
+
+
 def test_official_repeated_groups_need_sgd_and_a_deeplab_backbone():
     from segadapt.config import Optim
     from segadapt.methods.base import segmenter_optimizer
