@@ -419,14 +419,22 @@ class U2PL(Method):
         """
         if negative_class.dim() == 3:
             negative_class = negative_class[..., None]
-        slots = negative_class.shape[-1]
-        keys = rep_teacher.permute(0, 2, 3, 1)[..., None, :].expand(-1, -1, -1, slots, -1)
-        keys = keys.reshape(-1, rep_teacher.shape[1]).float()
-        classes = negative_class.reshape(-1)
-        if self.cfg.queue_gather_cap > 0:
-            keys, classes, dropped = newest_negatives(keys, classes, self.cfg.queue_gather_cap)
+        slots, dim = negative_class.shape[-1], rep_teacher.shape[1]
+        # The bytes the all_gather moves, without changing a value: keys travel in the representation's own dtype
+        # (bf16 under AMP; the queue stores float32, and bf16 -> float32 is exact) and once per pixel, expanded to
+        # the pixel's class slots after the gather; classes travel as int8 (class ids < 128, -1 = none).
+        keys = rep_teacher.permute(0, 2, 3, 1).reshape(-1, dim)
+        classes = negative_class.reshape(-1, slots)
+        if self.cfg.queue_gather_cap > 0:  # the cap counts (pixel, class) rows: compact after the expansion
+            keys = keys[:, None].expand(-1, slots, -1).reshape(-1, dim)
+            keys, classes, dropped = newest_negatives(keys, classes.reshape(-1), self.cfg.queue_gather_cap)
+            classes = classes[:, None]
             self.queue_dropped = distributed.all_reduce_sum(dropped)
-        self.queue.enqueue(distributed.all_gather_cat(keys), distributed.all_gather_cat(classes))
+        small = torch.int8 if self.num_classes < 128 else classes.dtype
+        keys = distributed.all_gather_cat(keys)
+        classes = distributed.all_gather_cat(classes.to(small)).long()
+        slots = classes.shape[1]
+        self.queue.enqueue(keys[:, None].expand(-1, slots, -1).reshape(-1, dim), classes.reshape(-1))
 
     def _sample_negatives(self, queue_class: Tensor) -> tuple[Tensor, Tensor]:
         cfg = self.cfg
@@ -458,7 +466,7 @@ class U2PL(Method):
                 onehot, prob_t, low_mask, high_mask, num_labeled, self.cfg
             )
             count = low_valid.sum(dim=(0, 2, 3))
-            prototypes = torch.einsum("bchw,bdhw->cd", low_valid.float(), rep_t) / count.clamp_min(1)[:, None]
+            prototypes = torch.einsum("bchw,bdhw->cd", low_valid.float(), rep_t.float()) / count.clamp_min(1)[:, None]
             # official order: enqueue first, then sample from the bank. Labelled pixels are never negatives (U2PL#171)
             # and, with the official maps, unlabeled images after the first carry no class: their rows are skipped.
             rows = slice(num_labeled, num_labeled + 1 if self.cfg.onehot == "official" else None)
@@ -544,7 +552,7 @@ class U2PL(Method):
                 high_u = ~ignore & (entropy >= thresholds[2])
                 low_u = ~ignore & (entropy <= thresholds[1])
             contra = self.contrastive(
-                out["rep"], out_t["rep"].float(), torch.softmax(logits_t, dim=1), label_l, pseudo, low_u, high_u
+                out["rep"], out_t["rep"], torch.softmax(logits_t, dim=1), label_l, pseudo, low_u, high_u
             )
         loss = sup + cfg.unsup_weight * unsup + cfg.contra_weight * contra
         ctx.backward(loss)

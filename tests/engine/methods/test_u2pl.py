@@ -369,6 +369,42 @@ def _student(method):
     return [p.detach().clone() for p in method.model.parameters()]
 
 
+@pytest.mark.parametrize("cap", [0, 40])
+def test_enqueue_gathers_each_pixel_once_in_its_own_dtype_and_fills_the_queues_as_before(monkeypatch, cap):
+    """Issue 20, the all_gather's bytes: keys cross ranks in the representation's dtype (bf16 under AMP) and once per
+    pixel, classes as int8, and the class-slot expansion happens after the gather. The queues must equal those of
+    the float32 gather of every (pixel, class slot) row exactly (bf16 -> float32 is exact), with and without the cap.
+    Two ranks are simulated by a gather that returns its input twice."""
+    method, _ = _build(queue_length=50, onehot="official", queue_gather_cap=cap)
+    expected, _ = _build(queue_length=50, onehot="official", queue_gather_cap=cap)
+    g = torch.Generator().manual_seed(4)
+    dim, slots = method.model.rep_channels, 3
+    rep_t = torch.randn(1, dim, 6, 8, generator=g).to(torch.bfloat16)
+    negative = torch.rand(1, C, 6, 8, generator=g) < 0.4
+    negative_class = u2pl.negative_slots(negative, slots)
+    sent = []
+
+    def two_ranks(tensor):
+        sent.append((tensor.dtype, tuple(tensor.shape)))
+        return torch.cat((tensor, tensor))
+
+    monkeypatch.setattr(u2pl.distributed, "all_gather_cat", two_ranks)
+    monkeypatch.setattr(u2pl.distributed, "all_reduce_sum", lambda tensor: 2 * tensor)
+    method.enqueue(rep_t, negative_class)
+
+    keys = rep_t.float().permute(0, 2, 3, 1)[..., None, :].expand(-1, -1, -1, slots, -1).reshape(-1, dim)
+    classes = negative_class.reshape(-1)
+    if cap:
+        keys, classes, _ = u2pl.newest_negatives(keys, classes, cap)
+    expected.queue.enqueue(torch.cat((keys, keys)), torch.cat((classes, classes)))
+    rows = (cap, 1) if cap else (6 * 8, slots)
+    assert sent == [(torch.bfloat16, (rows[0], dim)), (torch.int8, rows)]
+    state, want = method.state_dict(), expected.state_dict()
+    assert int(want["queue_count"].sum()) > 0
+    for key in ("queue_storage", "queue_write_ptr", "queue_count"):
+        assert torch.equal(state[key], want[key]), key
+
+
 def test_teacher_follows_the_ema_formula_after_two_steps():
     method, ctx = _build(contra_weight=0.0, cutmix_p=0.0, ema_decay=0.99)
     snapshots = []
