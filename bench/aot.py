@@ -148,7 +148,7 @@ def _cases(size: str) -> list[Case]:
 
         return run
 
-    def queue():
+    def queue(dtype):
         module = importlib.import_module("segadapt.kernels.memory_queue")
 
         def run():
@@ -158,7 +158,7 @@ def _cases(size: str) -> list[Case]:
             rows = batch * 50 * 19 if real else 64
             module._memory_queue_enqueue(
                 storage, offsets, lengths_t, meta(19, dtype=torch.int64), meta(19, dtype=torch.int64),
-                meta(rows, 256), meta(rows, dtype=torch.int64),
+                meta(rows, 256, dtype=dtype), meta(rows, dtype=torch.int64),
             )  # fmt: skip
 
         return run
@@ -179,7 +179,9 @@ def _cases(size: str) -> list[Case]:
         Case("pseudo_cs_bf16_cl", "pseudo_label", f"{batch}x19x{out}", pseudo(19, out, bf16, cl, False)),
         Case("pseudo_voc_fp32_nchw", "pseudo_label", f"{batch}x21x{voc}^2",
              pseudo(21, (voc, voc), fp32, torch.contiguous_format, True)),
-        Case("queue_256", "memory_queue_enqueue", "rows x 256", queue()),
+        Case("queue_256", "memory_queue_enqueue", "rows x 256", queue(fp32)),
+        # U2PL under AMP: the keys arrive as gathered, in the representation's bf16, cast to the float32 rings
+        Case("queue_256_bf16", "memory_queue_enqueue", "rows x 256 bf16", queue(bf16)),
     ]  # fmt: skip
 
 

@@ -173,9 +173,11 @@ def _eager_bce() -> None:
     upsample_bce_ref(d_logits, (HEIGHT, WIDTH), target, align_corners=False).backward()
 
 
-# U2PL's enqueue at the Cityscapes recipe: every rank's teacher representation rows (4 images of 193 x 193 at stride 4
-# of a 769 crop, one negative class slot each), all-gathered over 8 ranks, 256-d, into 19 rings of 50,000 / 30,000.
-QUEUE_ROWS, QUEUE_DIM = 8 * 4 * 193 * 193, 256
+# U2PL's enqueue at the Cityscapes recipe (u2pl_cityscapes_*: 2 unlabelled images per rank, official one-hot maps):
+# each rank's first unlabelled image's teacher representation, 193 x 193 at stride 4 of a 769 crop, all-gathered over
+# 8 ranks in bf16 (AMP) and expanded to min(C, 2) = 2 class slots per pixel, 256-d, into 19 rings of 50,000 / 30,000.
+# (With method.onehot = "true" both unlabelled images go, one slot each: the same row count.)
+QUEUE_ROWS, QUEUE_DIM = 8 * 2 * 193 * 193, 256
 
 
 def _queue_inputs():
@@ -185,7 +187,8 @@ def _queue_inputs():
 
     state = [_meta(CLASSES, dtype=torch.int64) for _ in range(4)]  # offsets, lengths, write_ptr, count
     storage = _meta(sum(u2pl_lengths(CLASSES)), QUEUE_DIM)
-    return storage, *state, _meta(QUEUE_ROWS, QUEUE_DIM), _meta(QUEUE_ROWS, dtype=torch.int64)
+    features = _meta(QUEUE_ROWS, QUEUE_DIM, dtype=torch.bfloat16)
+    return storage, *state, features, _meta(QUEUE_ROWS, dtype=torch.int64)
 
 
 def _eager_queue() -> None:
@@ -197,7 +200,8 @@ def _eager_queue() -> None:
 def _queue_fused_bytes() -> int:
     """The fused enqueue: its launcher's torch ops (the stable sort and per-class ranks), counted like eager's, plus
     the kernel's own traffic, by hand: class and rank per row (16 B), and for the rows a ring keeps (at most the rings'
-    total length; every row taken as a negative, the worst case) the feature row read and the storage row written."""
+    total length; every row taken as a negative, the worst case) the bf16 feature row read and the float32 storage row
+    written."""
     from segadapt.kernels._launch import record_launches
     from segadapt.kernels.memory_queue import _memory_queue_enqueue
     from segadapt.kernels.memory_queue import u2pl_lengths
@@ -205,7 +209,7 @@ def _queue_fused_bytes() -> int:
     with record_launches():  # the kernel is recorded, not run: only the launcher's torch ops are counted
         launcher, _ = eager_census(lambda: _memory_queue_enqueue(*_queue_inputs()))
     kept = min(QUEUE_ROWS, sum(u2pl_lengths(CLASSES)))
-    return launcher + QUEUE_ROWS * 16 + 2 * kept * QUEUE_DIM * 4
+    return launcher + QUEUE_ROWS * 16 + kept * QUEUE_DIM * (2 + 4)  # bf16 row read, float32 row written
 
 
 def rows() -> list[Row]:
@@ -259,7 +263,7 @@ def rows() -> list[Row]:
              ("bce_map_bf16", "_upsample_bce_bwd_gather_kernel", ""))),
         # U2PL's memory-queue enqueue (work = rows, instructions per row from the AOT's 256-d case).
         Row("memory_queue_enqueue", f"{QUEUE_ROWS} x {QUEUE_DIM} rows -> 19 rings", _queue_fused_bytes(), _eager_queue,
-            (("queue_256", "_memory_queue_enqueue_kernel", ""),), work=QUEUE_ROWS),
+            (("queue_256_bf16", "_memory_queue_enqueue_kernel", ""),), work=QUEUE_ROWS),
     ]  # fmt: skip
 
 

@@ -114,4 +114,4 @@ def test_queue_row_counts_rows_not_pixels(tmp_path):
         10.0 * roofline.QUEUE_ROWS / (sms * 4 * clock * 1e9) * 1e3, abs=1e-3
     )
     kept = min(roofline.QUEUE_ROWS, 50000 + 18 * 30000)
-    assert queue["fused_MB"] * 1e6 >= roofline.QUEUE_ROWS * 16 + 2 * kept * roofline.QUEUE_DIM * 4
+    assert queue["fused_MB"] * 1e6 >= roofline.QUEUE_ROWS * 16 + kept * roofline.QUEUE_DIM * (2 + 4)
