@@ -13,6 +13,8 @@ Lanes (each run alone with --lane):
 - uda-adaptseg: source-only | AdaptSegNet multi-level | AdaptSegNet single-level | target oracle (`demo`)
 - uda-lsd: source-only | LSD-seg | target oracle (`lsd_demo`)
 - semi: per network, supervised-only on the labelled share | AdvSemiSeg or U2PL | full-label model
+- uda-init: the uda-adaptseg lane from a pretrained start: every arm starts from one source-only `demo` model trained
+  on a separate synthshift draw (data seed D + 1000, never the pair's images), once per data seed at seed 0
 - semi-init: the same from the pretrained start (`semi_demo_init_*`, trained once per data seed at seed 0)
 - mm: random init -> fine-tune | colorization -> fine-tune | colorization -> M&M -> fine-tune | full labels
 - semi-curve: the semi regime study, supervised-only (AdvSemiSeg's DeepLab-v2 and U2PL's DeepLab-v3+ recipes) on 1/16,
@@ -65,6 +67,8 @@ QUICK = ("schedule.total_steps=2", "schedule.stop_step=2", "train.eval_every=0",
 """--quick: every run trains 2 steps and is evaluated once, at the end (plumbing, not a measurement)."""
 TUNING_DATA_SEED = 0
 """The synthshift seed the demo recipes' settings were chosen on (their data.synthshift.seed)."""
+POOL_OFFSET = 1000
+"""A pretrained start's own synthshift draw is data seed D + POOL_OFFSET: its images are none of the pair's."""
 
 
 # ---------------------------------------------------------------------------------------------------------- lanes
@@ -85,6 +89,9 @@ class Arm:
     """A stage trained once per data seed at training seed 0 (a shared pretrained start), not once per pair."""
     versus: tuple[str, ...] = ()
     """Other arms of the same table this one is also compared with, paired (e.g. M&M against colorization)."""
+    pool: int = 0
+    """Added to the data seed for this arm's data: a stage trained on its own synthshift draw (a pretrained start's
+    separate pool, as ImageNet is for the papers), 0 = the pair's data."""
 
 
 @dataclass(frozen=True)
@@ -159,13 +166,13 @@ FULL_LABELS = (LABELLED_SHARE, "data.labeled.fraction=1.0")  # every train image
 SINGLE_LEVEL = ("method.lambda_seg=0.0", "method.lambda_adv_target1=0.0")  # official README single-level command
 
 
-def _uda(recipe: str, method: Arm) -> Table:
+def _uda(recipe: str, method: Arm, start: str = "") -> Table:
     return Table(
-        f"{recipe}: game -> photo",
+        f"{recipe}: game -> photo" + (", pretrained start" if start else ""),
         (
-            Arm("sourceonly", "source-only", "baseline", recipe, (SOURCE_ONLY,)),
+            Arm("sourceonly", "source-only", "baseline", recipe, (SOURCE_ONLY,), start_from=start),
             method,
-            Arm("oracle", "target oracle (all target labels)", "ceiling", recipe, (ORACLE,)),
+            Arm("oracle", "target oracle (all target labels)", "ceiling", recipe, (ORACLE,), start_from=start),
         ),
     )
 
@@ -202,6 +209,12 @@ def _lanes() -> dict[str, Lane]:
     adaptseg = _uda("demo", Arm("adaptsegnet", "AdaptSegNet multi-level", "method", "demo"))
     single = Arm("adaptsegnet-single", "AdaptSegNet single-level", "method", "demo", SINGLE_LEVEL)
     adaptseg = Table(adaptseg.title, (*adaptseg.arms[:2], single, adaptseg.arms[2]))
+    init_pool = Arm("init-pool", "separate-pool start: source-only demo on data seed D + 1000", "stage", "demo",
+                    (SOURCE_ONLY,), once_per_data_seed=True, pool=POOL_OFFSET)  # fmt: skip
+    adaptseg_init = _uda("demo", Arm("adaptsegnet", "AdaptSegNet multi-level", "method", "demo",
+                                     start_from="init-pool"), start="init-pool")  # fmt: skip
+    single_init = replace(single, start_from="init-pool")
+    adaptseg_init = Table(adaptseg_init.title, (*adaptseg_init.arms[:2], single_init, adaptseg_init.arms[2]))
     init_v2 = Arm("init-v2", "source-domain start, DeepLab-v2", "stage", "semi_demo_init_deeplabv2",
                   once_per_data_seed=True)  # fmt: skip
     init_v3 = Arm("init-v3plus", "source-domain start, DeepLab-v3+", "stage", "semi_demo_init_deeplabv3plus",
@@ -210,6 +223,8 @@ def _lanes() -> dict[str, Lane]:
     finetune = "mm_demo_finetune"
     lanes = [
         Lane("uda-adaptseg", "AdaptSegNet (single- and multi-level) vs source-only, target oracle", (adaptseg,)),
+        Lane("uda-init", "the uda-adaptseg lane from a pretrained start (source-only on a separate draw, once per "
+             "data seed)", (adaptseg_init,), stages=(init_pool,)),
         Lane("uda-lsd", "LSD-seg vs source-only, target oracle",
              (_uda("lsd_demo", Arm("lsdseg", "LSD-seg", "method", "lsd_demo")),)),
         Lane("semi", "AdvSemiSeg and U2PL vs supervised-only on the labelled share, full-label ceiling, from scratch", (
@@ -384,9 +399,10 @@ def make_job(lane: Lane, arm: Arm, data_seed: int, seed: int, runs: Path, quick:
     base = [*arm.overrides, *(QUICK if quick else ()), *extra]
     cfg = config.load(arm.recipe, base)  # a misspelt key fails here, before anything trains
     run_dir = runs / lane.name / arm.key / f"d{data_seed}-s{seed}"
+    pool = data_seed + arm.pool  # the arm's own draw: the pair's data seed but for a separate-pool stage
     own = [f"train.seed={seed}", f"train.run_dir={_quote(run_dir)}", "train.progress=false",
-           "train.tensorboard=false", "train.compare_methods=[]", f"data.synthshift.seed={data_seed}",
-           *_data_overrides(cfg, arm, data_dir(runs, cfg.data.synthshift, data_seed))]  # fmt: skip
+           "train.tensorboard=false", "train.compare_methods=[]", f"data.synthshift.seed={pool}",
+           *_data_overrides(cfg, arm, data_dir(runs, cfg.data.synthshift, pool))]  # fmt: skip
     if start is not None:
         own.append(f"model.pretrained={_quote(final_checkpoint(start))}")
     overrides = [*base, *own]

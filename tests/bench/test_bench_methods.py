@@ -95,7 +95,7 @@ def _flat(tree, prefix=""):
                                                                     else f"{prefix}.{key}").items()}  # fmt: skip
 
 
-@pytest.mark.parametrize("lane", ["uda-adaptseg", "uda-lsd", "semi", "semi-init", "mm", "semi-curve"])
+@pytest.mark.parametrize("lane", ["uda-adaptseg", "uda-init", "uda-lsd", "semi", "semi-init", "mm", "semi-curve"])
 def test_plan_trains_every_arm_of_a_table_with_identical_settings(lane, tmp_path):
     jobs = methods.plan(methods.LANES[lane], [1, 2], [3, 4], tmp_path)
     table_arms = [arm for table in methods.LANES[lane].tables for arm in table.arms]
@@ -122,6 +122,24 @@ def test_plan_trains_every_arm_of_a_table_with_identical_settings(lane, tmp_path
             stage = by_dir[job.needs]
             assert job.expected["model"]["pretrained"] == str(methods.final_checkpoint(stage))
             assert stage.data_seed == job.data_seed and stage.seed in (0, job.seed)
+
+
+def test_uda_init_start_trains_on_a_separate_draw_and_every_arm_starts_from_it(tmp_path):
+    """Issue 18's standard start for UDA: one source-only model per data seed, trained on synthshift draw D + 1000
+    (none of the pair's images, source or target), and every arm of the table, baseline and ceiling included, loads
+    its final checkpoint; the arms themselves train and evaluate on draw D."""
+    jobs = methods.plan(methods.LANES["uda-init"], [1, 2], [3], tmp_path)
+    (stage,) = [job for job in jobs if job.arm.role == "stage"]
+    assert stage.expected["data"]["synthshift"]["seed"] == 3 + methods.POOL_OFFSET
+    assert stage.expected["method"]["name"] == "sourceonly" and stage.seed == 0
+    pool = stage.expected["data"]["synthshift"]["out"]
+    assert "synthshift-d1003-" in pool and stage.expected["data"]["source"]["root"].startswith(pool)
+    arms = [job for job in jobs if job.arm.role != "stage"]
+    assert sorted({job.arm.key for job in arms}) == ["adaptsegnet", "adaptsegnet-single", "oracle", "sourceonly"]
+    for job in arms:
+        assert job.expected["data"]["synthshift"]["seed"] == 3
+        assert job.expected["model"]["pretrained"] == str(methods.final_checkpoint(stage))
+        assert not job.expected["data"]["target"]["root"].startswith(pool)
 
 
 def test_quick_lane_end_to_end_and_resumable(tmp_path):
