@@ -91,7 +91,8 @@ class Arm:
     """Other arms of the same table this one is also compared with, paired (e.g. M&M against colorization)."""
     pool: int = 0
     """Added to the data seed for this arm's data: a stage trained on its own synthshift draw (a pretrained start's
-    separate pool, as ImageNet is for the papers), 0 = the pair's data."""
+    separate pool, as ImageNet is for the papers), 0 = the pair's data. Its run directory keeps the pair's data seed
+    (RUNS/<lane>/<stage>/d<D>-s0 trained on draw D + pool; its config.json says so)."""
 
 
 @dataclass(frozen=True)
@@ -418,6 +419,12 @@ def final_checkpoint(job: Job) -> Path:
 def plan(lane: Lane, seeds: list[int], data_seeds: list[int], runs: Path, quick: bool = False,
          extra: list[str] = ()) -> list[Job]:  # fmt: skip
     """Every run of a lane, each stage before the runs that start from it; shared stages listed once."""
+    pooled = [arm.key for arm in lane.arms() if arm.pool]
+    if pooled and any(not 0 <= seed < POOL_OFFSET for seed in data_seeds):
+        raise ValueError(
+            f"--data-seeds {','.join(map(str, data_seeds))}: lane {lane.name} trains {', '.join(pooled)} on draw "
+            f"D + {POOL_OFFSET}, so its data seeds must be 0..{POOL_OFFSET - 1} (a start never sees a pair's images)"
+        )
     jobs: dict[tuple[str, int, int], Job] = {}
     for data_seed in data_seeds:
         for seed in seeds:

@@ -140,6 +140,8 @@ def test_uda_init_start_trains_on_a_separate_draw_and_every_arm_starts_from_it(t
         assert job.expected["data"]["synthshift"]["seed"] == 3
         assert job.expected["model"]["pretrained"] == str(methods.final_checkpoint(stage))
         assert not job.expected["data"]["target"]["root"].startswith(pool)
+    with pytest.raises(ValueError, match="--data-seeds 0,1000: lane uda-init"):  # D = 0's start would be D = 1000
+        methods.plan(methods.LANES["uda-init"], [1], [0, 1000], tmp_path)
 
 
 def test_quick_lane_end_to_end_and_resumable(tmp_path):

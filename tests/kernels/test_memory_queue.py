@@ -101,6 +101,22 @@ def test_storage_dtype_and_strided_features():
         )
 
 
+@pytest.mark.parametrize("path", ["triton", "torch"])
+def test_bf16_features_into_float32_rings_are_exact(path, monkeypatch):
+    """U2PL under AMP all-gathers its keys in bf16 and enqueues them as they arrive: each ring row must be the bf16
+    value widened to float32 exactly (the cast happens in the kernel's store, or in the reference's .to)."""
+    if path == "torch":
+        monkeypatch.setenv("SEGADAPT_KERNELS", "torch")
+        monkeypatch.setattr(module, "_memory_queue_enqueue", lambda *a: pytest.fail("Triton ran under torch"))
+    queue, oracle = MemoryQueue(len(LENGTHS), DIM, LENGTHS, device="cpu"), ListOracle(LENGTHS, DIM)
+    for step, (features, classes) in enumerate(_batches(3)):
+        features = (features * 7.3).to(torch.bfloat16)  # values with a full 8-bit mantissa
+        queue.enqueue(features, classes)
+        oracle.enqueue(features, classes)  # features.float(): the exact widening
+        _check_against_oracle(queue, oracle, f"{path} bf16 step {step}")
+    assert queue.storage.dtype == torch.float32
+
+
 def _filled_queue():
     queue = MemoryQueue(len(LENGTHS), DIM, LENGTHS, device="cpu")
     for features, classes in _batches(2):

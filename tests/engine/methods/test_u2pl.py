@@ -382,11 +382,11 @@ def test_enqueue_gathers_each_pixel_once_in_its_own_dtype_and_fills_the_queues_a
     rep_t = torch.randn(1, dim, 6, 8, generator=g).to(torch.bfloat16)
     negative = torch.rand(1, C, 6, 8, generator=g) < 0.4
     negative_class = u2pl.negative_slots(negative, slots)
-    sent = []
+    sent, shift = [], 5  # rank 1 holds rank 0's rows rotated by `shift` rows: a rank mix-up changes the rings
 
     def two_ranks(tensor):
         sent.append((tensor.dtype, tuple(tensor.shape)))
-        return torch.cat((tensor, tensor))
+        return torch.cat((tensor, tensor.roll(shift, 0)))
 
     monkeypatch.setattr(u2pl.distributed, "all_gather_cat", two_ranks)
     monkeypatch.setattr(u2pl.distributed, "all_reduce_sum", lambda tensor: 2 * tensor)
@@ -394,9 +394,12 @@ def test_enqueue_gathers_each_pixel_once_in_its_own_dtype_and_fills_the_queues_a
 
     keys = rep_t.float().permute(0, 2, 3, 1)[..., None, :].expand(-1, -1, -1, slots, -1).reshape(-1, dim)
     classes = negative_class.reshape(-1)
+    rolled = shift * slots  # the same pixels rotated: `shift` pixels are shift * slots expanded rows
     if cap:
-        keys, classes, _ = u2pl.newest_negatives(keys, classes, cap)
-    expected.queue.enqueue(torch.cat((keys, keys)), torch.cat((classes, classes)))
+        keys, classes, first_kept = u2pl.newest_negatives(keys, classes, cap)
+        rolled = shift  # compacted rows cross ranks as they are
+        assert int(method.queue_dropped) == 2 * int(first_kept) > 0
+    expected.queue.enqueue(torch.cat((keys, keys.roll(rolled, 0))), torch.cat((classes, classes.roll(rolled, 0))))
     rows = (cap, 1) if cap else (6 * 8, slots)
     assert sent == [(torch.bfloat16, (rows[0], dim)), (torch.int8, rows)]
     state, want = method.state_dict(), expected.state_dict()
