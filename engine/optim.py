@@ -97,7 +97,7 @@ def _sgd_step(optimizer: torch.optim.SGD, closure):
     per step once any plain SGD existed. The wrapper keeps the function it wraps as `__wrapped__`.
     """
     step = torch.optim.SGD.step
-    if getattr(step, "hooked", False):
+    while getattr(step, "hooked", False):  # functools.wraps copies `hooked` onto any wrapper above the hook runner
         step = step.__wrapped__
     return step(optimizer, closure)
 
