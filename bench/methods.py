@@ -178,6 +178,14 @@ def _uda(recipe: str, method: Arm, start: str = "") -> Table:
     )
 
 
+def _adaptseg(start: str = "") -> Table:
+    """The demo's four arms: source-only, AdaptSegNet multi- and single-level, target oracle (from `start`, if any)."""
+    multi = Arm("adaptsegnet", "AdaptSegNet multi-level", "method", "demo", start_from=start)
+    single = Arm("adaptsegnet-single", "AdaptSegNet single-level", "method", "demo", SINGLE_LEVEL, start_from=start)
+    table = _uda("demo", multi, start)
+    return Table(table.title, (*table.arms[:2], single, table.arms[2]))
+
+
 def _semi(network: str, recipe: str, method: Arm, start: str = "") -> Table:
     base = "pretrained start" if start else "from scratch"
     return Table(
@@ -207,15 +215,8 @@ def _curve(recipe: str, prefix: str = "") -> Table:
 
 
 def _lanes() -> dict[str, Lane]:
-    adaptseg = _uda("demo", Arm("adaptsegnet", "AdaptSegNet multi-level", "method", "demo"))
-    single = Arm("adaptsegnet-single", "AdaptSegNet single-level", "method", "demo", SINGLE_LEVEL)
-    adaptseg = Table(adaptseg.title, (*adaptseg.arms[:2], single, adaptseg.arms[2]))
     init_pool = Arm("init-pool", "separate-pool start: source-only demo on data seed D + 1000", "stage", "demo",
                     (SOURCE_ONLY,), once_per_data_seed=True, pool=POOL_OFFSET)  # fmt: skip
-    adaptseg_init = _uda("demo", Arm("adaptsegnet", "AdaptSegNet multi-level", "method", "demo",
-                                     start_from="init-pool"), start="init-pool")  # fmt: skip
-    single_init = replace(single, start_from="init-pool")
-    adaptseg_init = Table(adaptseg_init.title, (*adaptseg_init.arms[:2], single_init, adaptseg_init.arms[2]))
     init_v2 = Arm("init-v2", "source-domain start, DeepLab-v2", "stage", "semi_demo_init_deeplabv2",
                   once_per_data_seed=True)  # fmt: skip
     init_v3 = Arm("init-v3plus", "source-domain start, DeepLab-v3+", "stage", "semi_demo_init_deeplabv3plus",
@@ -223,9 +224,9 @@ def _lanes() -> dict[str, Lane]:
     scratch = 'model.pretrained=""'
     finetune = "mm_demo_finetune"
     lanes = [
-        Lane("uda-adaptseg", "AdaptSegNet (single- and multi-level) vs source-only, target oracle", (adaptseg,)),
+        Lane("uda-adaptseg", "AdaptSegNet (single- and multi-level) vs source-only, target oracle", (_adaptseg(),)),
         Lane("uda-init", "the uda-adaptseg lane from a pretrained start (source-only on a separate draw, once per "
-             "data seed)", (adaptseg_init,), stages=(init_pool,)),
+             "data seed)", (_adaptseg(init_pool.key),), stages=(init_pool,)),
         Lane("uda-lsd", "LSD-seg vs source-only, target oracle",
              (_uda("lsd_demo", Arm("lsdseg", "LSD-seg", "method", "lsd_demo")),)),
         Lane("semi", "AdvSemiSeg and U2PL vs supervised-only on the labelled share, full-label ceiling, from scratch", (

@@ -358,9 +358,9 @@ class U2PL(_MethodFields):
     the fixed-size all_gather carries every pixel row of the enqueued images per rank, each key once in the
     representation's dtype and its class slots as int8, expanded after the gather: at the Cityscapes recipe on 8
     ranks, 37k rows (one 193 x 193 map, 2 slots) send 19 MB and receive 153 MB per rank per step under bf16 AMP,
-    where float32 rows per slot received 615 MB; most rows are no negative). > 0: each rank first
-    compacts its (pixel, class slot) rows to its newest `cap`
-    negatives, order kept, on the device (no host sync), and the all_gather carries cap rows. Exact while no rank has
+    where float32 rows per slot received 615 MB; most rows are no negative). > 0: each rank first compacts its
+    (pixel, class slot) rows to its newest `cap` negatives, order kept, on the device (no host sync), and the
+    all_gather carries cap rows. Exact while no rank has
     more negatives than the cap; beyond it that rank's oldest negatives are dropped (the queue would have kept only
     the newest of them anyway once more than a ring's length arrive) and `diag/queue_dropped` (summed over ranks)
     counts them on log steps."""
