@@ -402,8 +402,9 @@ def make_job(lane: Lane, arm: Arm, data_seed: int, seed: int, runs: Path, quick:
     cfg = config.load(arm.recipe, base)  # a misspelt key fails here, before anything trains
     run_dir = runs / lane.name / arm.key / f"d{data_seed}-s{seed}"
     pool = data_seed + arm.pool  # the arm's own draw: the pair's data seed but for a separate-pool stage
+    # start.recipe="": the protocol trains a lane's starts itself (its stages), once per data seed, never inside a run
     own = [f"train.seed={seed}", f"train.run_dir={_quote(run_dir)}", "train.progress=false",
-           "train.tensorboard=false", "train.compare_methods=[]", f"data.synthshift.seed={pool}",
+           "train.tensorboard=false", "train.compare_methods=[]", 'start.recipe=""', f"data.synthshift.seed={pool}",
            *_data_overrides(cfg, arm, data_dir(runs, cfg.data.synthshift, pool))]  # fmt: skip
     if start is not None:
         own.append(f"model.pretrained={_quote(final_checkpoint(start))}")
@@ -454,7 +455,9 @@ def run_state(job: Job) -> str:
     except (OSError, json.JSONDecodeError):
         return "unfinished"
     if held != job.expected:
-        old, new = _flatten(held), _flatten(job.expected)
+        from segadapt import config
+
+        old, new = config.flatten(held), config.flatten(job.expected)
         changed = sorted(k for k in {*old, *new} if old.get(k, "<absent>") != new.get(k, "<absent>"))
         # A key the config gained after the run, at its default, is what the run did: not a change.
         defaults = _config_defaults()
@@ -468,16 +471,8 @@ def _config_defaults() -> dict[str, Any]:
     """Every config key outside [method] at its default value, flattened as config.json's keys."""
     from segadapt import config
 
-    defaults = _flatten(json.loads(json.dumps(config.to_dict(config.Config()))))
+    defaults = config.flatten(json.loads(json.dumps(config.to_dict(config.Config()))))
     return {key: value for key, value in defaults.items() if not key.startswith("method.")}
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    return {
-        k: v for key, value in tree.items() for k, v in _flatten(value, f"{prefix}.{key}" if prefix else key).items()
-    }
 
 
 def is_done(job: Job) -> bool:

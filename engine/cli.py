@@ -7,6 +7,7 @@ The recipe is the configuration; the only way to change it from the command line
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -214,6 +215,9 @@ def cmd_train(args) -> int:
                 f"train.run_dir = {cfg.train.run_dir!r} gives {cfg.method.name} and its baseline {name} the same "
                 "directory; put {method} in it, e.g. runs/{recipe}/{method}"
             )
+    if cfg.start.recipe:
+        cfg = resolve_start(cfg, taken=(run_dir_for(cfg), *map(run_dir_for, baselines.values())))
+        baselines = {name: config_module.replace(cfg, method=baseline.method) for name, baseline in baselines.items()}
     results = {cfg.method.name: train(cfg, resume=args.resume)}
     for name, baseline in baselines.items():
         # --resume continues every method from its own latest checkpoint (a path given names the main method's);
@@ -234,6 +238,55 @@ def cmd_train(args) -> int:
     if world.distributed:
         distributed.exit_process(0)  # every file is closed; see distributed.shutdown for why not return
     return 0
+
+
+def resolve_start(cfg, taken: tuple[Path, ...] = (), log=print):
+    """`cfg` starting from its `start.recipe`'s final checkpoint (model.pretrained set, start cleared), training the
+    start first unless its run directory already holds a finished run of exactly these settings (an interrupted one
+    resumes). Raises ConfigError for a start that has a start of its own, and for a start run directory holding a
+    run of other settings (it names the keys; nothing is deleted) or for one of the `taken` run directories."""
+    from segadapt.train import final_checkpoint
+    from segadapt.train import run_dir_for
+    from segadapt.train import train
+
+    if not cfg.start.recipe:
+        return cfg
+    start = config_module.load(cfg.start.recipe, list(cfg.start.set))
+    if start.start.recipe:
+        raise ConfigError(
+            f"start.recipe = {cfg.start.recipe!r}: that run has start.recipe = {start.start.recipe!r} of its own; "
+            "add 'start.recipe=\"\"' to start.set (one level of start)"
+        )
+    run_dir, final = run_dir_for(start), final_checkpoint(start)
+    if run_dir in taken:
+        raise ConfigError(
+            f"start.recipe = {cfg.start.recipe!r} would train in {run_dir}, a directory this job's own methods use; "
+            "give the start its own with start.set train.run_dir=..."
+        )
+    check_datasets(start)
+    wanted = json.loads(json.dumps(config_module.to_dict(start)))
+    try:
+        held = json.loads((run_dir / "config.json").read_text())
+    except FileNotFoundError:
+        held = None
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(
+            f"start.recipe = {cfg.start.recipe!r}: cannot read {run_dir / 'config.json'}: {error}"
+        ) from error
+    if held is not None and held != wanted:
+        old, new = config_module.flatten(held), config_module.flatten(wanted)
+        keys = sorted(k for k in {*old, *new} if old.get(k, "<absent>") != new.get(k, "<absent>"))
+        raise ConfigError(
+            f"start.recipe = {cfg.start.recipe!r}: {run_dir} holds a run of other settings ("
+            f"{', '.join(keys)}); remove that directory to train the start again, or give the start its own with "
+            "start.set train.run_dir=..."
+        )
+    if held is not None and final.is_file() and (run_dir / "results.json").is_file():
+        log(f"start: {cfg.start.recipe} as trained in {run_dir}, from {final}")
+    else:
+        log(f"start: training {cfg.start.recipe} ({start.method.name}) in {run_dir} first; every method starts from it")
+        train(start, resume="auto", log=log, fresh_if_missing=True)
+    return config_module.replace(cfg, **{"model.pretrained": str(final)}, start=config_module.Start())
 
 
 def baseline_section(cfg, name: str):

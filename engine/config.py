@@ -617,6 +617,18 @@ class Export:
     """Dynamic batch and image size in the exported graph."""
 
 
+# ---------------------------------------------------------------------------------------------------------- start
+@_frozen
+class Start:
+    recipe: str = ""
+    """A recipe whose trained model this run starts from: `segadapt train` trains it first (once; a finished run with
+    the same settings is reused) and sets model.pretrained to its final checkpoint, for this method and every
+    compare_methods baseline alike. The demo's stand-in for the papers' ImageNet(+COCO) weights; "" = none."""
+    set: tuple[str, ...] = ()
+    """`--set` overrides of the start recipe, e.g. its own data draw, seed and run directory. The run's own --set
+    flags do not reach the start."""
+
+
 # ---------------------------------------------------------------------------------------------------------- root
 @_frozen
 class Config:
@@ -636,8 +648,18 @@ class Config:
     """Evaluation protocol."""
     export: Export = field(default_factory=Export)
     """ONNX / TensorRT export."""
+    start: Start = field(default_factory=Start)
+    """A pretrained start trained by segadapt itself from another recipe (`segadapt train` only)."""
     recipe: str = ""
     """Name of the recipe this config came from (set by the loader)."""
+
+    def _invalid(self) -> Iterator[tuple[str, str, Any]]:
+        if self.start.recipe and self.model.pretrained:
+            yield (
+                "start.recipe",
+                f"'' while model.pretrained = {self.model.pretrained!r} (both name the weights)",
+                (self.start.recipe),
+            )
 
 
 # ------------------------------------------------------------------------------------------------------- loading
@@ -870,6 +892,15 @@ def to_dict(cfg: Any) -> dict[str, Any]:
         else:
             out[f.name] = value
     return out
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A `to_dict` / config.json tree as {dotted.key: value}, the keys `--set` takes."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    return {
+        k: v for key, value in tree.items() for k, v in flatten(value, f"{prefix}.{key}" if prefix else key).items()
+    }
 
 
 # ----------------------------------------------------------------------------------------------------- field docs

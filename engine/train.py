@@ -126,6 +126,11 @@ def run_dir_for(cfg: Config) -> Path:
     return Path(cfg.train.run_dir.format(recipe=cfg.recipe or "run", method=cfg.method.name))
 
 
+def final_checkpoint(cfg: Config) -> Path:
+    """The checkpoint a finished run of `cfg` leaves: save_checkpoint's file at schedule.stop_step."""
+    return run_dir_for(cfg) / "checkpoints" / f"step_{cfg.schedule.stop_step:07d}.pt"
+
+
 def build_everything(cfg: Config, world: distributed.World = SINGLE_PROCESS) -> Run:
     """Model, method, loaders, optimizers and step context of one process; `world` shards data and wraps modules."""
     device = resolve_device(cfg.train.device, world)

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from segadapt import cli
 from segadapt import config
@@ -80,6 +81,79 @@ def test_demo_code_path_at_toy_size(tmp_path, capsys):
     assert metrics["miou"] == pytest.approx(results["best"]["miou"], abs=1e-6)  # best.pt reproduces its score
     assert cli.main(["report", str(tmp_path / "runs" / "adaptsegnet")]) == 0
     assert (tmp_path / "runs" / "adaptsegnet" / "report" / "summary.md").is_file()
+
+
+def _toy_start(tmp_path, **changes):
+    """`start.set=[...]` of a toy start: the toy demo as source-only on its own synthshift draw (seed 1000, under
+    tmp_path/pool), trained in tmp_path/start, without a start of its own."""
+    sets = {"train.compare_methods": "[]", "train.tensorboard": "false", "data.synthshift.seed": "1000", **changes}
+    toy = _toy_demo_sets(tmp_path / "pool", tmp_path / "start", **sets)[1::2]
+    own = ['method={name="sourceonly"}', 'start.recipe=""', *toy]
+    return "start.set=[" + ", ".join(f"'{text}'" for text in own) + "]"
+
+
+def test_start_recipe_is_trained_once_and_every_method_starts_from_it(tmp_path, capsys, monkeypatch):
+    """The demo's pretrained start (issue 18 goal 5): `start.recipe` is trained first, once, and its final weights
+    become model.pretrained of the method and its compare_methods baseline; a start directory holding other settings
+    is an error naming the key, never overwritten."""
+    from segadapt import checkpoint
+
+    monkeypatch.setenv("SEGADAPT_KERNELS", "torch")  # the kernels are the toy demo test's; here the interpreter's cost
+
+    start_ckpt = tmp_path / "start" / "checkpoints" / "step_0000004.pt"
+    # lr 1e-30: the main runs' weights stay their start's exactly (BatchNorm buffers still move), so the final
+    # checkpoints show what was loaded
+    args = [*_toy_demo_sets(tmp_path, **{"optim.lr": "1e-30"}), "--set", "start.recipe=demo"]
+    assert cli.main(["train", "demo", *args, "--set", _toy_start(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "start: training demo (sourceonly)" in out
+    start_config = json.loads((tmp_path / "start" / "config.json").read_text())
+    assert start_config["method"]["name"] == "sourceonly" and start_config["data"]["synthshift"]["seed"] == 1000
+    assert start_config["data"]["source"]["root"] == str(tmp_path / "pool" / "synth" / "gta5")
+    start_weights = checkpoint.load(start_ckpt)["models"]["model"]
+    for method in ("adaptsegnet", "sourceonly"):
+        run = tmp_path / "runs" / method
+        held = json.loads((run / "config.json").read_text())
+        assert held["model"]["pretrained"] == str(start_ckpt) and held["start"] == {"recipe": "", "set": []}
+        weights = checkpoint.load(run / "checkpoints" / "step_0000004.pt")["models"]["model"]
+        trained = [k for k in start_weights if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+        assert len(trained) > 50
+        for key in trained:
+            torch.testing.assert_close(weights[key], start_weights[key], rtol=0, atol=1e-20, msg=key)
+        assert any(not torch.equal(weights[k], start_weights[k]) for k in start_weights if k.endswith("running_mean"))
+
+    written = start_ckpt.stat().st_mtime_ns
+    two_steps = {"schedule.stop_step": "2", "schedule.total_steps": "2", "train.compare_methods": "[]"}
+    again = [*_toy_demo_sets(tmp_path, tmp_path / "again" / "{method}", **two_steps), "--set", "start.recipe=demo"]
+    assert cli.main(["train", "demo", *again, "--set", _toy_start(tmp_path)]) == 0
+    assert f"start: demo as trained in {tmp_path / 'start'}" in capsys.readouterr().out
+    assert start_ckpt.stat().st_mtime_ns == written
+
+    other = _toy_start(tmp_path, **{"data.synthshift.seed": "1001"})
+    assert cli.main(["train", "demo", *again, "--set", other]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'start'} holds a run of other settings (data.synthshift.seed)" in err
+    assert start_ckpt.stat().st_mtime_ns == written
+
+
+@pytest.mark.parametrize(
+    ("start", "expected"),
+    [
+        ({"train.run_dir": '"{RUNS}/sourceonly"'}, "would train in {RUNS}/sourceonly, a directory this job's own"),
+        ({"start.recipe": "demo"}, "that run has start.recipe = 'demo' of its own"),
+    ],
+)
+def test_start_recipe_errors_before_anything_trains(tmp_path, capsys, start, expected):
+    runs = tmp_path / "runs"
+    start = {k: v.replace("{RUNS}", str(runs)) for k, v in start.items()}
+    text = _toy_start(tmp_path).replace("'start.recipe=\"\"', ", "")
+    text = text[:-1] + ", " + ", ".join(f"'{k}={v}'" for k, v in start.items()) + "]"
+    args = [*_toy_demo_sets(tmp_path, runs / "{method}"), "--set", "start.recipe=demo", "--set", text]
+    assert cli.main(["train", "demo", *args]) == 2
+    assert expected.replace("{RUNS}", str(runs)) in capsys.readouterr().err
+    assert not runs.exists() and not (tmp_path / "start").exists()
+    with pytest.raises(config.ConfigError, match="key 'start.recipe': expected '' while model.pretrained = 'w.pt'"):
+        config.load("demo", ["start.recipe=demo", "model.pretrained=w.pt"])
 
 
 @pytest.mark.parametrize(("recipe", "stream"), [("semi_demo_advsemiseg", "labeled"), ("demo", "source")])
