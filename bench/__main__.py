@@ -1,4 +1,4 @@
-"""`python -m segadapt.bench {kernels,loader,infer,train,aot,roofline} [...]` runs a benchmark;
+"""`python -m segadapt.bench {kernels,loader,infer,train,aot,roofline,methods,valnoise} [...]` runs a benchmark;
 `python -m segadapt.bench report` renders results.
 
 `report` reads every JSON in bench/results/ and writes one markdown page, bench/results/REPORT.md (a section per
@@ -16,9 +16,9 @@ from typing import Any
 from segadapt.bench.common import RESULTS_DIR
 from segadapt.bench.common import markdown_table
 
-BENCHES = ("kernels", "loader", "infer", "train", "aot", "roofline", "methods")
+BENCHES = ("kernels", "loader", "infer", "train", "aot", "roofline", "methods", "valnoise")
 USAGE = (
-    "usage: python -m segadapt.bench {kernels,loader,infer,train,aot,roofline,methods,report} [options]"
+    "usage: python -m segadapt.bench {kernels,loader,infer,train,aot,roofline,methods,valnoise,report} [options]"
     "  (python -m segadapt.bench train --help)"
 )
 ENV_KEYS = ("device_name", "torch", "triton", "dali", "cuda", "git_sha", "timestamp")

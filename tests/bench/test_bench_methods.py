@@ -4,6 +4,7 @@ plan's identical settings across a lane's arms, and one lane end to end with --q
 import json
 import math
 
+import numpy as np
 import pytest
 
 from segadapt import config
@@ -175,6 +176,19 @@ def test_quick_lane_end_to_end_and_resumable(tmp_path):
     (section,) = methods.report_sections(out)
     assert "](methods/" + path.with_suffix(".png").name + ")" in section
 
+    # valnoise re-scores each final checkpoint image by image: the per-image confusions add up to the run's own final
+    # evaluation, so its paired difference is the table's, pair by pair.
+    from segadapt.bench import valnoise
+
+    (noise,) = valnoise.measure("uda-lsd", [1, 2], [1], runs, 20, quick=True, extra=("data.synthshift.count=24",))
+    lsd_runs, base_runs = lsd["runs"], table["rows"][0]["runs"]
+    assert [row["pair"] for row in noise["pairs"]] == ["d1-s1", "d1-s2"]
+    for row in noise["pairs"]:
+        assert row["difference"] == pytest.approx(
+            lsd_runs[row["pair"]]["last"] - base_runs[row["pair"]]["last"], abs=1e-9
+        )
+        assert row["images"] > 1 and row["ci_low"] <= row["ci_high"] and row["bootstrap_sd"] >= 0
+
     # The README's tables come from the JSON: its marked block for the lane is rewritten, others are left alone,
     # and a quick payload never lands in the README.
     readme = tmp_path / "README.md"
@@ -265,3 +279,24 @@ def test_probe_results_never_fill_the_readme(tmp_path):
     payload = {"bench": "methods", "lane": "semi", "quick": False, "held_out": True, "probe": {"tag": "w025"}}
     (tmp_path / "semi-cpu-w025.json").write_text(json.dumps(payload))
     assert methods.update_readme(readme, tmp_path) == [] and "old" in readme.read_text()
+
+
+def test_valnoise_miou_is_the_evaluations_and_a_paired_bootstrap_of_equal_models_is_zero():
+    import torch
+
+    from segadapt.bench import valnoise
+    from segadapt.evaluate import summarize
+
+    rng = np.random.default_rng(0)
+    confusions = rng.integers(0, 50, size=(6, 5, 5))
+    confusions[:, 3, :] = confusions[:, :, 3] = 0  # a class absent from labels and predictions: NaN, left out
+    for confusion in (*confusions, confusions.sum(axis=0)):
+        assert valnoise.miou(confusion) == pytest.approx(summarize(torch.from_numpy(confusion), 5)["miou"], abs=1e-12)
+    same = valnoise.bootstrap_difference(confusions, confusions.copy(), resamples=50)
+    assert (same["difference"], same["bootstrap_sd"], same["ci_low"], same["ci_high"]) == (0.0, 0.0, 0.0, 0.0)
+    better = confusions.copy()
+    better[:, 0, 0] += 40  # more hits of class 0 on every image: better on every resample
+    shifted = valnoise.bootstrap_difference(better, confusions, resamples=50)
+    assert shifted["difference"] > 0 and shifted["ci_low"] > 0 and shifted["bootstrap_sd"] > 0
+    with pytest.raises(ValueError, match="scored 6 and 5 val images"):
+        valnoise.bootstrap_difference(confusions, confusions[:5], resamples=5)
