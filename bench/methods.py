@@ -459,9 +459,12 @@ def run_state(job: Job) -> str:
 
         old, new = config.flatten(held), config.flatten(job.expected)
         changed = sorted(k for k in {*old, *new} if old.get(k, "<absent>") != new.get(k, "<absent>"))
-        # A key the config gained after the run, at its default, is what the run did: not a change.
+        # A key at its default on one side and absent on the other is the same run: a key the config gained after
+        # the run (absent from config.json), or one the run's code had and this plan's does not know yet.
         defaults = _config_defaults()
-        changed = [k for k in changed if not (k not in old and k in defaults and new[k] == defaults[k])]
+        changed = [k for k in changed
+                   if not (k in defaults and (old if k not in new else new).get(k, defaults[k]) == defaults[k]
+                           and (k not in old or k not in new))]  # fmt: skip
         if changed:
             return f"stale (settings changed: {', '.join(changed)})"
     return "done" if (job.run_dir / "results.json").is_file() else "unfinished"

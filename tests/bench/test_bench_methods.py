@@ -242,6 +242,13 @@ def test_a_key_added_to_the_config_at_its_default_does_not_make_a_run_stale(tmp_
     assert methods.run_state(job) == "stale (settings changed: train.matmul_precision)"
     job.expected = {**expected, "train": {**expected["train"], "seed": 7}}
     assert methods.run_state(job) == "stale (settings changed: train.seed)"
+    # The other way round: a run whose code already wrote a key (at its default) the plan's code does not know yet
+    # (start.recipe, which reached the engine while a lane ran) is done; at another value it is stale.
+    (run_dir / "config.json").write_text(json.dumps(expected))
+    job.expected = {key: value for key, value in expected.items() if key != "start"}
+    assert methods.run_state(job) == "done"
+    (run_dir / "config.json").write_text(json.dumps({**expected, "start": {"recipe": "demo", "set": []}}))
+    assert methods.run_state(job) == "stale (settings changed: start.recipe)"
 
 
 def test_a_probe_overrides_one_arm_in_its_own_run_directories(tmp_path, capsys):
