@@ -402,9 +402,10 @@ def make_job(lane: Lane, arm: Arm, data_seed: int, seed: int, runs: Path, quick:
     cfg = config.load(arm.recipe, base)  # a misspelt key fails here, before anything trains
     run_dir = runs / lane.name / arm.key / f"d{data_seed}-s{seed}"
     pool = data_seed + arm.pool  # the arm's own draw: the pair's data seed but for a separate-pool stage
-    # start.recipe="": the protocol trains a lane's starts itself (its stages), once per data seed, never inside a run
+    # no [start]: the protocol trains a lane's starts itself (its stages), once per data seed, never inside a run
     own = [f"train.seed={seed}", f"train.run_dir={_quote(run_dir)}", "train.progress=false",
-           "train.tensorboard=false", "train.compare_methods=[]", 'start.recipe=""', f"data.synthshift.seed={pool}",
+           "train.tensorboard=false", "train.compare_methods=[]", 'start.recipe=""', "start.set=[]",
+           f"data.synthshift.seed={pool}",
            *_data_overrides(cfg, arm, data_dir(runs, cfg.data.synthshift, pool))]  # fmt: skip
     if start is not None:
         own.append(f"model.pretrained={_quote(final_checkpoint(start))}")
