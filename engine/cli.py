@@ -258,7 +258,7 @@ def resolve_start(cfg, taken: tuple[Path, ...] = (), log=print):
             "add 'start.recipe=\"\"' to start.set (one level of start)"
         )
     run_dir, final = run_dir_for(start), final_checkpoint(start)
-    if run_dir in taken:
+    if run_dir.resolve() in {path.resolve() for path in taken}:
         raise ConfigError(
             f"start.recipe = {cfg.start.recipe!r} would train in {run_dir}, a directory this job's own methods use; "
             "give the start its own with start.set train.run_dir=..."

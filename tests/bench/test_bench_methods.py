@@ -228,7 +228,7 @@ def test_dry_run_prints_every_command_and_runs_nothing(tmp_path, capsys):
 def test_a_key_added_to_the_config_at_its_default_does_not_make_a_run_stale(tmp_path):
     """config.json from before a key existed (here train.matmul_precision) still counts as done when the protocol
     would run the key at its default: the run did what the default does. Any other difference is stale, named."""
-    expected = json.loads(json.dumps(config.to_dict(config.load("demo"))))
+    expected = json.loads(json.dumps(config.to_dict(config.load("demo", ['start.recipe=""', "start.set=[]"]))))
     held = json.loads(json.dumps(expected))
     del held["train"]["matmul_precision"]
     run_dir = tmp_path / "run"
@@ -307,3 +307,32 @@ def test_valnoise_miou_is_the_evaluations_and_a_paired_bootstrap_of_equal_models
     assert shifted["difference"] > 0 and shifted["ci_low"] > 0 and shifted["bootstrap_sd"] > 0
     with pytest.raises(ValueError, match="scored 6 and 5 val images"):
         valnoise.bootstrap_difference(confusions, confusions[:5], resamples=5)
+
+
+def test_the_demos_start_is_the_uda_init_lanes_stage_so_the_lane_measures_the_demo(tmp_path):
+    """Issue 18 goal 5 is measured by `--lane uda-init`: at data seed 0 the lane's init-pool stage must train what
+    `./recipes/run.sh demo`'s [start] trains (source-only, seed 0, draw 1000), and the lane's arms what the demo trains
+    from it; only paths and logging differ. Without its own [start] (the protocol's runs clear it) the demo is the
+    from-scratch uda-adaptseg lane."""
+    demo = config.load("demo")
+    assert demo.start.recipe == "demo" and demo.model.pretrained == ""
+    start = config.to_dict(config.load(demo.start.recipe, list(demo.start.set)))
+    jobs = methods.plan(methods.LANES["uda-init"], [1], [0], tmp_path)
+    (stage,) = [job for job in jobs if job.arm.role == "stage"]
+    (multi,) = [job for job in jobs if job.arm.key == "adaptsegnet"]
+    logging_and_paths = {"train.run_dir", "train.progress", "train.tensorboard", "data.synthshift.out",
+                         "data.source.root", "data.target.root", "data.val.root", "model.pretrained"}  # fmt: skip
+    start_flat, stage_flat = config.flatten(start), config.flatten(stage.expected)
+    differ = {k for k in {*start_flat, *stage_flat} if start_flat.get(k) != stage_flat.get(k)}
+    assert differ <= logging_and_paths, differ
+    assert start_flat["data.synthshift.seed"] == 1000 and start_flat["train.seed"] == 0
+    demo_flat = config.flatten(config.to_dict(config.replace(demo, **{"train.seed": 1}, start=config.Start())))
+    multi_flat = config.flatten(multi.expected)
+    differ = {k for k in {*demo_flat, *multi_flat} if demo_flat.get(k) != multi_flat.get(k)}
+    assert differ <= logging_and_paths | {"train.compare_methods"}, differ
+    assert multi_flat["model.pretrained"] == str(methods.final_checkpoint(stage))
+    scratch = [job for job in methods.plan(methods.LANES["uda-adaptseg"], [1], [0], tmp_path)]
+    assert all(
+        job.expected["start"] == {"recipe": "", "set": []} and not job.expected["model"]["pretrained"]
+        for job in scratch
+    )
