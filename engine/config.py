@@ -655,11 +655,8 @@ class Config:
 
     def _invalid(self) -> Iterator[tuple[str, str, Any]]:
         if self.start.recipe and self.model.pretrained:
-            yield (
-                "start.recipe",
-                f"'' while model.pretrained = {self.model.pretrained!r} (both name the weights)",
-                (self.start.recipe),
-            )
+            weights = f"'' while model.pretrained = {self.model.pretrained!r} (both name the weights: --set "
+            yield "start.recipe", weights + "start.recipe='\"\"' to start from model.pretrained)", self.start.recipe
 
 
 # ------------------------------------------------------------------------------------------------------- loading
