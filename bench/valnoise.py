@@ -38,16 +38,22 @@ from segadapt.bench.methods import run_state
 
 def per_image_confusions(run_dir: Path, checkpoint: Path) -> np.ndarray:
     """(images, C, C) confusion matrices of `checkpoint` on the val stream of the run in `run_dir` (its config.json),
-    one image at a time through `segadapt.evaluate.evaluate`, on the CPU."""
+    one image at a time through `segadapt.evaluate.evaluate`, on the CPU. The network scored is the one the run's
+    own evaluation scored: the method is rebuilt, loaded as a resume loads it, and asked for its `eval_model()` (U2PL's
+    EMA teacher once its semi phase has run, else the segmenter)."""
+    from segadapt import checkpoint as checkpoints
     from segadapt import config
     from segadapt.data.torch_loader import eval_samples
     from segadapt.evaluate import evaluate
+    from segadapt.methods import build_method
     from segadapt.models import build_segmenter
-    from segadapt.models.weights import load_pretrained
 
     cfg = config.load_dict(json.loads((run_dir / "config.json").read_text()), str(run_dir / "config.json"))
-    model = build_segmenter(config.replace(cfg.model, pretrained=""))
-    load_pretrained(model, checkpoint)
+    method = build_method(build_segmenter(config.replace(cfg.model, pretrained="", compile="off")), cfg)
+    models = checkpoints.load(checkpoint)["models"]
+    extra = {k: v for k, v in models["extra"].items() if not k.startswith("net.")}  # as engine.train.restore
+    method.load_state_dict({**{f"model.{k}": v for k, v in models["model"].items()}, **extra})
+    model = method.eval_model()
     eval_cfg = config.replace(cfg.eval, save_predictions=0, batch_size=1)
     confusions = [
         evaluate(model, [sample], cfg.data, eval_cfg, cfg.model.num_classes, "cpu")["confusion"]
