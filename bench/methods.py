@@ -463,9 +463,8 @@ def run_state(job: Job) -> str:
         # A key at its default on one side and absent on the other is the same run: a key the config gained after
         # the run (absent from config.json), or one the run's code had and this plan's does not know yet.
         defaults = _config_defaults()
-        changed = [k for k in changed
-                   if not (k in defaults and (old if k not in new else new).get(k, defaults[k]) == defaults[k]
-                           and (k not in old or k not in new))]  # fmt: skip
+        either = {**old, **new}
+        changed = [k for k in changed if not ((k in old) != (k in new) and k in defaults and either[k] == defaults[k])]
         if changed:
             return f"stale (settings changed: {', '.join(changed)})"
     return "done" if (job.run_dir / "results.json").is_file() else "unfinished"
