@@ -849,21 +849,36 @@ def parse_seeds(text: str, flag: str) -> list[int]:
     return sorted(seeds)
 
 
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which runs: --seeds, --data-seeds, --quick, --runs and --set, shared by `bench methods` and the tools that read
+    its runs back (`bench valnoise`), so both name a run the same way."""
+    parser.add_argument("--seeds", default="1-5", help="training seeds K (default 1-5)")
+    parser.add_argument("--data-seeds", default="1,2", help="synthshift seeds D (default 1,2; 0 is the tuning seed)")
+    parser.add_argument("--quick", action="store_true", help="2 steps a run, into runs/methods-quick (plumbing test)")
+    parser.add_argument("--runs", default=None, help="run root (default runs/methods, runs/methods-quick with --quick)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra override for every run, e.g. --set data.synthshift.count=40")  # fmt: skip
+
+
+def parse_run_arguments(parser: argparse.ArgumentParser, args) -> tuple[list[int], list[int], Path]:
+    """(training seeds, data seeds, run root) of `add_run_arguments`; a bad seed list is the parser's error."""
+    try:
+        seeds, data_seeds = parse_seeds(args.seeds, "--seeds"), parse_seeds(args.data_seeds, "--data-seeds")
+    except ValueError as error:
+        parser.error(str(error))
+    return seeds, data_seeds, Path(args.runs or ("runs/methods-quick" if args.quick else "runs/methods"))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m segadapt.bench methods", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--lane", action="append", default=[], help=f"lane(s), repeatable or comma list: "
                         f"{', '.join(LANES)} (default: all)")  # fmt: skip
-    parser.add_argument("--seeds", default="1-5", help="training seeds K (default 1-5)")
-    parser.add_argument("--data-seeds", default="1,2", help="synthshift seeds D (default 1,2; 0 is the tuning seed)")
+    add_run_arguments(parser)
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side, one thread each (default 1)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands (and which are done); run nothing")
-    parser.add_argument("--quick", action="store_true", help="2 steps a run, into runs/methods-quick (plumbing test)")
-    parser.add_argument("--runs", default=None, help="run root (default runs/methods, runs/methods-quick with --quick)")
     parser.add_argument("--out", default=None, help="results folder (default bench/results/methods; with --quick "
                         "RUNS/results)")  # fmt: skip
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra override for every run, e.g. --set data.synthshift.count=40")  # fmt: skip
     parser.add_argument("--probe", dest="probes", action="append", default=[], metavar="ARM:KEY=VALUE",
                         help="a tuning probe: an override for one arm only, e.g. --probe "
                         "u2pl:method.unsup_weight=0.25; that arm runs as ARM@TAG, the others' runs are reused; needs "
@@ -935,10 +950,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = _parser()
     args = parser.parse_args(argv)
-    try:
-        seeds, data_seeds = parse_seeds(args.seeds, "--seeds"), parse_seeds(args.data_seeds, "--data-seeds")
-    except ValueError as error:
-        parser.error(str(error))
+    seeds, data_seeds, runs = parse_run_arguments(parser, args)
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
     lanes = _lanes_of(parser, args.lane)
@@ -949,7 +961,6 @@ def main(argv: list[str] | None = None) -> int:
             lanes = [probe_lane(lane, args.probes, args.tag) for lane in lanes]
         except ValueError as error:
             parser.error(str(error))
-    runs = Path(args.runs or ("runs/methods-quick" if args.quick else "runs/methods"))
     out = Path(args.out) if args.out else (runs / "results" if args.quick else METHODS_RESULTS)
     failed = sum(run_lane(lane, args, seeds, data_seeds, runs, out, argv) for lane in lanes)
     if failed:

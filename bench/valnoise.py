@@ -30,8 +30,9 @@ from segadapt.bench.methods import METHODS_RESULTS
 from segadapt.bench.methods import TUNING_DATA_SEED
 from segadapt.bench.methods import Job
 from segadapt.bench.methods import _device_slug
+from segadapt.bench.methods import add_run_arguments
 from segadapt.bench.methods import final_checkpoint
-from segadapt.bench.methods import parse_seeds
+from segadapt.bench.methods import parse_run_arguments
 from segadapt.bench.methods import plan
 from segadapt.bench.methods import run_state
 
@@ -152,32 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m segadapt.bench valnoise", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--lane", required=True, choices=sorted(LANES), help="a lane of `bench methods`")
-    parser.add_argument("--seeds", default="1-5", help="training seeds (default 1-5)")
-    parser.add_argument("--data-seeds", default="1,2", help="synthshift seeds (default 1,2)")
-    parser.add_argument("--runs", default=None, help="the run root `bench methods` used (default runs/methods, "
-                        "runs/methods-quick with --quick)")  # fmt: skip
-    parser.add_argument("--quick", action="store_true", help="the runs of `bench methods --quick`")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="the --set overrides `bench methods` was given (they are part of each run's settings)",
-    )
+    add_run_arguments(parser)
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
     parser.add_argument("--out", default=str(METHODS_RESULTS), help="results folder")
     args = parser.parse_args(argv)
-    try:
-        seeds, data_seeds = parse_seeds(args.seeds, "--seeds"), parse_seeds(args.data_seeds, "--data-seeds")
-    except ValueError as error:
-        parser.error(str(error))
+    seeds, data_seeds, runs = parse_run_arguments(parser, args)
     if args.resamples < 2:
         parser.error(f"--resamples must be >= 2, got {args.resamples}")
     from segadapt.bench.common import env_stamp
     from segadapt.checkpoint import atomic_write_text
 
-    runs = Path(args.runs or ("runs/methods-quick" if args.quick else "runs/methods"))
     tables = measure(args.lane, seeds, data_seeds, runs, args.resamples, args.quick, tuple(args.overrides))
     if not any(table["pairs"] for table in tables):
         print(f"valnoise: no finished method/baseline pair of lane {args.lane} under {runs}", file=sys.stderr)
