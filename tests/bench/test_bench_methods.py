@@ -309,6 +309,61 @@ def test_valnoise_miou_is_the_evaluations_and_a_paired_bootstrap_of_equal_models
         valnoise.bootstrap_difference(confusions, confusions[:5], resamples=5)
 
 
+def test_valnoise_scores_u2pls_ema_teacher_as_the_runs_own_evaluation_did(tmp_path):
+    """After its supervised start U2PL's run evaluates the EMA teacher (U2PL's eval_model()), not the student whose
+    weights the checkpoint's "model" entry holds: valnoise must rebuild the method and score the teacher, so that its
+    per-image confusions add up to the run's final mIoU. The student is scored too, to show the two differ here (else
+    this test could not tell them apart)."""
+    from segadapt import checkpoint as checkpoints
+    from segadapt import cli
+    from segadapt.bench import valnoise
+    from segadapt.data.torch_loader import eval_samples
+    from segadapt.evaluate import evaluate
+    from segadapt.models import build_segmenter
+
+    synth, run_dir = tmp_path / "synth", tmp_path / "u2pl"
+    sets = {
+        "model.width": "8",
+        "data.synthshift.out": f'"{synth}"',
+        "data.synthshift.count": "16",
+        "data.synthshift.size": "[64, 32]",
+        **{f"data.{s}.root": f'"{synth / "cityscapes"}"' for s in ("labeled", "unlabeled", "val")},
+        **{f"data.{s}.resize": "[64, 32]" for s in ("labeled", "unlabeled")},
+        **{f"data.{s}.fraction": "0.5" for s in ("labeled", "unlabeled")},
+        "data.num_workers": "0",
+        "eval.input_size": "[64, 32]",
+        "method.sup_only_steps": "1",  # steps 2-3 train the student on the teacher's labels, the teacher by EMA
+        "method.teacher_copy_steps": "1",
+        "method.steps_per_epoch": "2",
+        "schedule.total_steps": "3",
+        "schedule.stop_step": "3",
+        "train.eval_every": "0",
+        "train.checkpoint_every": "0",
+        "train.progress": "false",
+        "train.tensorboard": "false",
+        "train.compare_methods": "[]",
+        "train.run_dir": f'"{run_dir}"',
+        "start.recipe": '""',
+    }
+    assert cli.main(["train", "semi_demo_u2pl", *[x for k, v in sets.items() for x in ("--set", f"{k}={v}")]]) == 0
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    final = [row for row in lines if row["kind"] == "eval"][-1]
+    checkpoint = run_dir / "checkpoints" / "step_0000003.pt"
+    assert final["step"] == 3 and checkpoint.is_file()
+
+    teacher = valnoise.per_image_confusions(run_dir, checkpoint)
+    assert teacher.shape[0] == final["images"] > 1
+    assert valnoise.miou(teacher.sum(axis=0)) == pytest.approx(final["miou"], abs=1e-9)
+
+    cfg = config.load_dict(json.loads((run_dir / "config.json").read_text()), "config.json")
+    student = build_segmenter(config.replace(cfg.model, pretrained="", compile="off"))
+    student.load_state_dict(checkpoints.load(checkpoint)["models"]["model"])
+    eval_cfg = config.replace(cfg.eval, save_predictions=0)
+    scored = evaluate(student.eval(), list(eval_samples(cfg.data.val, cfg.eval.input_size)), cfg.data, eval_cfg,
+                      cfg.model.num_classes, "cpu")  # fmt: skip
+    assert not np.array_equal(np.asarray(scored["confusion"]), teacher.sum(axis=0))
+
+
 def test_the_demos_start_is_the_uda_init_lanes_stage_so_the_lane_measures_the_demo(tmp_path):
     """Issue 18 goal 5 is measured by `--lane uda-init`: at data seed 0 the lane's init-pool stage must train what
     `./recipes/run.sh demo`'s [start] trains (source-only, seed 0, draw 1000), and the lane's arms what the demo trains
