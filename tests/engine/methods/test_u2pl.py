@@ -258,6 +258,8 @@ local = method.contrastive(rep, rep_t, prob, label_l, pseudo, low_u, high_u)
 local.backward()
 torch.save({"loss": loss.detach(), "grad": grad, "local": local.detach(), "local_grad": rep.grad},
            sys.argv[1] + f".{world.rank}")
+distributed.shutdown()  # as `segadapt train` leaves a torchrun job (distributed.shutdown says why)
+distributed.exit_process(0)
 """
 
 
