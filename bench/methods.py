@@ -585,7 +585,7 @@ def read_run(job: Job) -> dict[str, Any] | None:
     except (OSError, json.JSONDecodeError, KeyError):
         elapsed = None
     return {"last": last["miou"], "best": best["miou"], "best_step": best["step"], "steps": steps,
-            "elapsed_s": elapsed}  # fmt: skip
+            "elapsed_s": elapsed, "per_class": last.get("per_class")}  # fmt: skip
 
 
 def _row(arm: Arm, runs: dict[str, dict], table: dict[str, dict[str, dict]], lower: Arm | None,
@@ -681,6 +681,48 @@ def _table_markdown(table: dict[str, Any]) -> list[str]:
     return lines
 
 
+def per_class_summary(table: dict[str, Any]) -> dict[str, Any] | None:
+    """Per class, each row's mean last IoU over its pairs and, for every row but the baseline, the mean paired
+    difference to the baseline and its wins; None when the runs carry no per-class IoU (results from before it)."""
+    rows = [row for row in table["rows"] if row["runs"] and all(r.get("per_class") for r in row["runs"].values())]
+    if not rows:
+        return None
+    classes = list(next(iter(rows[0]["runs"].values()))["per_class"])
+    base = next((row for row in rows if row["key"] == table["baseline"]), None)
+    summary: dict[str, Any] = {"classes": classes, "rows": []}
+    for row in rows:
+        runs = row["runs"]
+        entry = {"label": row["label"],
+                 "mean": {c: sum(r["per_class"][c] for r in runs.values()) / len(runs) for c in classes}}  # fmt: skip
+        if base is not None and row is not base:
+            entry["vs_baseline"] = {
+                c: paired(
+                    {p: r["per_class"][c] for p, r in runs.items()},
+                    {p: r["per_class"][c] for p, r in base["runs"].items()},
+                )  # fmt: skip
+                for c in classes
+            }
+        summary["rows"].append(entry)
+    return summary
+
+
+def _per_class_markdown(table: dict[str, Any]) -> list[str]:
+    """Where a method gains and loses: mean last IoU per class, then method - baseline per class (paired, its wins)."""
+    summary = per_class_summary(table)
+    if summary is None:
+        return []
+    classes = summary["classes"]
+    lines = ["| per-class IoU, last, mean over pairs | " + " | ".join(classes) + " |", "|---|" + "---:|" * len(classes)]
+    for entry in summary["rows"]:
+        lines.append(f"| {entry['label']} | " + " | ".join(f"{entry['mean'][c]:.1f}" for c in classes) + " |")
+    for entry in summary["rows"]:
+        if "vs_baseline" in entry:
+            stats = entry["vs_baseline"].values()
+            cells = [f"{s['mean']:+.1f} ({s['wins']}/{s['n']})" if s["n"] else "-" for s in stats]
+            lines.append(f"| {entry['label']} - baseline (wins) | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _pair_order(pair: str) -> tuple[int, int]:
     data_seed, seed = re.match(r"d(\d+)-s(\d+)", pair).groups()
     return int(data_seed), int(seed)
@@ -700,6 +742,8 @@ def markdown(payload: dict[str, Any]) -> str:
              "snapshot on the data it is scored on; the last snapshot is the unselected number.", ""]  # fmt: skip
     for table in payload["tables"]:
         lines += [*_table_markdown(table), ""]
+        per_class = _per_class_markdown(table)
+        lines += [*per_class, ""] if per_class else []
     clock = payload["timing"]
     lines += [f"Training time (one thread a run): {clock['train_s_total']:.0f} s over the lane's "
               f"{clock['runs_planned']} runs; wall {_number(clock.get('wall_s'), 0)} s for this invocation "

@@ -49,6 +49,35 @@ def test_paired_interval_wins_and_gap_by_hand():
     assert methods.describe([1.0, 2.0, 6.0]) == {"n": 3, "mean": 3.0, "std": pytest.approx(math.sqrt(7.0))}
 
 
+def test_per_class_means_and_paired_differences_by_hand():
+    """Two pairs, two classes. baseline road 80, 70 / car 10, 30; method road 84, 69 / car 5, 20 -> means 75 / 20 and
+    76.5 / 12.5; differences road +4, -1 -> +1.5, 1 win; car -5, -10 -> -7.5, 0 wins. A row without per-class IoU
+    (results from before it) gives no table."""
+
+    def run(road, car):
+        return {"last": (road + car) / 2, "per_class": {"road": road, "car": car}}
+
+    table = {"baseline": "base", "rows": [
+        {"key": "base", "label": "baseline", "runs": {"d1-s1": run(80.0, 10.0), "d1-s2": run(70.0, 30.0)}},
+        {"key": "m", "label": "method", "runs": {"d1-s1": run(84.0, 5.0), "d1-s2": run(69.0, 20.0)}},
+    ]}  # fmt: skip
+    summary = methods.per_class_summary(table)
+    assert summary["classes"] == ["road", "car"]
+    base, method = summary["rows"]
+    assert base["mean"] == {"road": 75.0, "car": 20.0} and "vs_baseline" not in base
+    assert method["mean"] == {"road": 76.5, "car": 12.5}
+    assert (method["vs_baseline"]["road"]["mean"], method["vs_baseline"]["road"]["wins"]) == (1.5, 1)
+    assert (method["vs_baseline"]["car"]["mean"], method["vs_baseline"]["car"]["wins"]) == (-7.5, 0)
+    lines = methods._per_class_markdown(table)
+    assert lines[0] == "| per-class IoU, last, mean over pairs | road | car |"
+    assert lines[2:] == ["| baseline | 75.0 | 20.0 |", "| method | 76.5 | 12.5 |",
+                         "| method - baseline (wins) | +1.5 (1/2) | -7.5 (0/2) |"]  # fmt: skip
+    for row in table["rows"]:
+        for record in row["runs"].values():
+            del record["per_class"]
+    assert methods.per_class_summary(table) is None and methods._per_class_markdown(table) == []
+
+
 def test_parse_seeds():
     assert methods.parse_seeds("1-3,7", "--seeds") == [1, 2, 3, 7]
     for bad in ("3-1", "a", "1,,2", "-2"):
@@ -163,6 +192,7 @@ def test_quick_lane_end_to_end_and_resumable(tmp_path):
             lines = (runs / "uda-lsd" / row["key"] / pair / "metrics.jsonl").read_text().splitlines()
             final = [json.loads(line) for line in lines if json.loads(line)["kind"] == "eval"][-1]
             assert (run["last"], run["steps"], final["step"]) == (final["miou"], 2, 2)
+            assert run["per_class"] == final["per_class"] and len(run["per_class"]) == 19
     lsd = table["rows"][1]
     want = methods.paired({p: r["last"] for p, r in lsd["runs"].items()},
                           {p: r["last"] for p, r in table["rows"][0]["runs"].items()})  # fmt: skip
