@@ -31,7 +31,9 @@ Tuning (issue 18: settings are chosen on training seeds 1-3 of data seed 0, then
 ARM:KEY=VALUE --tag TAG` changes one arm only, e.g. `--lane semi --seeds 1-3 --data-seeds 0 --probe
 u2pl:method.unsup_weight=0.25 --tag w025`; the probed arm runs as ARM@TAG (an arm starting from a probed stage too), in
 its own run directories, so the baseline's and ceiling's finished runs are reused, and the result lands in
-<lane>-<device>-tuning-<tag>.{json,md,png}, never in the README.
+<lane>-<device>-tuning-<tag>.{json,md,png}, never in the README. `--table ARM` cuts the lane to the table(s) holding
+row ARM and the stages those rows start from (`--lane semi-init --table u2pl` trains no DeepLab-v2 run), its files
+named -only-ARM, never in the README either.
 
 Per lane and table the result JSON, markdown and one PNG (bars with 95% intervals) go to bench/results/methods/
 <lane>-<device>.{json,md,png}: mean and std of mIoU (last snapshot; best-on-val, which selects on the data it is
@@ -151,6 +153,24 @@ def probe_lane(lane: Lane, probes: list[str], tag: str) -> Lane:
 
     tables = tuple(replace(table, arms=tuple(probed(arm) for arm in table.arms)) for table in lane.tables)
     return replace(lane, tables=tables, stages=tuple(probed(arm) for arm in lane.stages))
+
+
+def select_tables(lane: Lane, arms: list[str]) -> Lane:
+    """The lane cut to the tables that hold one of `arms` (their baseline, methods and ceiling), with only the stages
+    those rows start from (directly or through another stage): tuning one method's arm reruns nothing of another
+    table. Raises ValueError naming an arm that is no table's row."""
+    keys = [arm.key for table in lane.tables for arm in table.arms]
+    unknown = sorted(set(arms) - set(keys))
+    if unknown:
+        raise ValueError(
+            f"--table {', '.join(unknown)}: no table of lane {lane.name} has that row; its rows are {', '.join(keys)}"
+        )
+    tables = tuple(table for table in lane.tables if any(arm.key in arms for arm in table.arms))
+    needed = {arm.start_from for table in tables for arm in table.arms if arm.start_from}
+    for stage in reversed(lane.stages):  # a stage listed after the one it starts from: walk back to front
+        if stage.key in needed and stage.start_from:
+            needed.add(stage.start_from)
+    return replace(lane, tables=tables, stages=tuple(stage for stage in lane.stages if stage.key in needed))
 
 
 def _method(name: str, **fields: str) -> str:
@@ -859,7 +879,8 @@ def update_readme(readme: Path, directory: Path = METHODS_RESULTS) -> list[str]:
     payloads = {}
     for path in sorted(Path(directory).glob("*.json")):
         payload = json.loads(path.read_text())
-        if payload.get("bench") == "methods" and not payload.get("quick") and not payload.get("probe"):
+        partial = payload.get("probe") or payload.get("only")  # a probe or a cut lane is not the lane's result
+        if payload.get("bench") == "methods" and not payload.get("quick") and not partial:
             # One device per lane here; a held-out result wins over a tuning one (which says so in its block).
             if payload["lane"] not in payloads or payload["held_out"] or not payloads[payload["lane"]]["held_out"]:
                 payloads[payload["lane"]] = payload
@@ -929,6 +950,9 @@ def _parser() -> argparse.ArgumentParser:
                         "--tag")  # fmt: skip
     parser.add_argument("--tag", default="", help="name of the probe: the probed arms' key suffix and the result "
                         "files' (<lane>-<device>[-tuning]-<tag>.json); probes never fill the README")  # fmt: skip
+    parser.add_argument("--table", dest="tables", action="append", default=[], metavar="ARM",
+                        help="only the table(s) holding row ARM (repeatable), with their rows' stages, e.g. --table "
+                        "u2pl; the result files get -only-ARM and never fill the README")  # fmt: skip
     return parser
 
 
@@ -980,9 +1004,11 @@ def run_lane(lane: Lane, args, seeds: list[int], data_seeds: list[int], runs: Pa
         "timing": clock,
         "status": counts,
         "probe": {"tag": args.tag, "sets": args.probes} if args.probes else None,
+        "only": args.tables or None,
     }
     stem = f"{lane.name}-{slug}" + ("-quick" if args.quick else "") + ("" if payload["held_out"] else "-tuning")
     stem += f"-{args.tag}" if args.probes else ""
+    stem += f"-only-{'-'.join(args.tables)}" if args.tables else ""
     path = write_json(out / f"{stem}.json", payload)
     page, picture = render(path)
     print(page.read_text())
@@ -1000,11 +1026,11 @@ def main(argv: list[str] | None = None) -> int:
     lanes = _lanes_of(parser, args.lane)
     if bool(args.probes) != bool(args.tag) or not re.fullmatch(r"[A-Za-z0-9_.-]*", args.tag):
         parser.error("--probe and --tag go together; the tag is letters, digits, '_', '.', '-'")
-    if args.probes:
-        try:
-            lanes = [probe_lane(lane, args.probes, args.tag) for lane in lanes]
-        except ValueError as error:
-            parser.error(str(error))
+    try:
+        lanes = [select_tables(lane, args.tables) for lane in lanes] if args.tables else lanes
+        lanes = [probe_lane(lane, args.probes, args.tag) for lane in lanes] if args.probes else lanes
+    except ValueError as error:
+        parser.error(str(error))
     out = Path(args.out) if args.out else (runs / "results" if args.quick else METHODS_RESULTS)
     failed = sum(run_lane(lane, args, seeds, data_seeds, runs, out, argv) for lane in lanes)
     if failed:

@@ -203,6 +203,11 @@ def test_quick_lane_end_to_end_and_resumable(tmp_path):
     assert methods.main(argv) == 0
     assert json.loads(path.read_text())["status"] == {"done": 6}
     assert {p: p.stat().st_mtime_ns for p in runs.glob("uda-lsd/*/*/results.json")} == stamps
+    whole = path.read_bytes()  # a cut lane (--table) writes its own files, never the whole lane's
+    assert methods.main([*argv, "--table", "lsdseg"]) == 0
+    cut = json.loads(path.with_name(path.stem + "-only-lsdseg.json").read_text())
+    assert cut["only"] == ["lsdseg"] and cut["tables"] == payload["tables"] and path.read_bytes() == whole
+    path.with_name(path.stem + "-only-lsdseg.json").unlink()
     (section,) = methods.report_sections(out)
     assert "](methods/" + path.with_suffix(".png").name + ")" in section
 
@@ -310,12 +315,40 @@ def test_a_probe_overrides_one_arm_in_its_own_run_directories(tmp_path, capsys):
         methods.main(["--dry-run", "--lane", "semi", "--probe", "u2pl:method.unsup_weight=0.25"])  # no --tag
 
 
+def test_table_cuts_a_lane_to_one_table_and_the_stages_its_rows_start_from(tmp_path, capsys):
+    """--table ARM: only the tables holding row ARM, with their baseline and ceiling, and only the stages those rows
+    start from, a stage's own start included (M&M's stage starts from colorization); the rest of the lane is not
+    planned at all."""
+    lane = methods.select_tables(methods.LANES["semi-init"], ["u2pl"])
+    assert [arm.key for arm in lane.arms()] == ["init-v3plus", "supervised-v3plus", "u2pl", "full-v3plus"]
+    mm = methods.select_tables(methods.LANES["mm"], ["mixmatch"])
+    assert [stage.key for stage in mm.stages] == ["colorize", "mixmatch-stage"]
+    assert [arm.key for arm in methods.select_tables(methods.LANES["semi"], ["full-v2"]).arms()] == [
+        "supervised-v2", "advsemiseg", "full-v2"]  # fmt: skip
+    assert methods.select_tables(methods.LANES["semi"], ["u2pl", "advsemiseg"]).tables == methods.LANES["semi"].tables
+    with pytest.raises(ValueError, match="--table init-v2: no table of lane semi-init has that row"):
+        methods.select_tables(methods.LANES["semi-init"], ["init-v2"])  # a stage is no table's row
+    argv = ["--dry-run", "--lane", "semi-init", "--seeds", "1", "--data-seeds", "0", "--runs", str(tmp_path),
+            "--table", "u2pl", "--probe", "u2pl:method.drop_percent=50.0", "--tag", "dp50"]  # fmt: skip
+    assert methods.main(argv) == 0
+    states = [line for line in capsys.readouterr().out.splitlines() if line.startswith("# ")]
+    assert states == [f"# semi-init/{key}/d0-s{seed}: to run" for key, seed in
+                      (("init-v3plus", 0), ("supervised-v3plus", 1), ("u2pl@dp50", 1), ("full-v3plus", 1))]  # fmt: skip
+    with pytest.raises(SystemExit):
+        methods.main(["--dry-run", "--lane", "semi-init", "--table", "nope"])
+
+
 def test_probe_results_never_fill_the_readme(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("<!-- methods:semi begin -->\nold\n<!-- methods:semi end -->\n")
     payload = {"bench": "methods", "lane": "semi", "quick": False, "held_out": True, "probe": {"tag": "w025"}}
     (tmp_path / "semi-cpu-w025.json").write_text(json.dumps(payload))
     assert methods.update_readme(readme, tmp_path) == [] and "old" in readme.read_text()
+    (tmp_path / "semi-cpu-w025.json").write_text(json.dumps({**payload, "probe": None, "only": ["u2pl"]}))
+    assert methods.update_readme(readme, tmp_path) == [] and "old" in readme.read_text()  # a cut lane neither
+    whole = {**payload, "probe": None, "tables": [], "seeds": [1], "data_seeds": [1], "command": "python -m ..."}
+    (tmp_path / "semi-cpu-w025.json").write_text(json.dumps(whole))  # the same lane, whole: it does fill the block
+    assert methods.update_readme(readme, tmp_path) == ["semi"] and "old" not in readme.read_text()
 
 
 def test_valnoise_miou_is_the_evaluations_and_a_paired_bootstrap_of_equal_models_is_zero():
