@@ -91,6 +91,30 @@ def _device_name(device: str) -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name (first "model name" of /proc/cpuinfo; platform.processor() where there is none)."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            key, colon, value = line.partition(":")
+            if colon and key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
+    """The CPU's feature flags (first "flags" line of /proc/cpuinfo; empty where there is none)."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            key, colon, value = line.partition(":")
+            if colon and key.strip() == "flags":
+                return set(value.split())
+    except OSError:
+        pass
+    return set()
+
+
 def _package_version(*distributions: str) -> str | None:
     for distribution in distributions:
         try:
@@ -120,6 +144,12 @@ def env_stamp(device: str = "cuda") -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "python": platform.python_version(),
         "cpu_threads": torch.get_num_threads(),  # intra-op threads: CPU timings depend on it
+        # The CPU and the kernels torch picks for it (AVX2, AVX512; oneDNN uses AMX where the flags show it): both move
+        # timings, and from-scratch training on CPU rounds differently from one to another, so the same seeds give
+        # other mIoU (issue 18); a result says which machine it came from.
+        "cpu_model": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_amx": "amx_tile" in cpu_flags(),
         "git_sha": _git_sha(),
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

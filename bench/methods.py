@@ -748,13 +748,21 @@ def _pair_order(pair: str) -> tuple[int, int]:
     return int(data_seed), int(seed)
 
 
+def _cpu(payload: dict[str, Any]) -> str:
+    """The page's " (CPU MODEL, CAPABILITY[+AMX])" where the payload records the CPU (results since it does)."""
+    if not payload.get("cpu_model"):
+        return ""
+    return f" ({payload['cpu_model']}, {payload.get('cpu_capability')}{'+AMX' if payload.get('cpu_amx') else ''})"
+
+
 def markdown(payload: dict[str, Any]) -> str:
     """The lane's page: what ran, one table per comparison, per-pair values, timing."""
     kind = "QUICK (2 steps a run: plumbing only, not a measurement)" if payload["quick"] else "full recipes"
     held = "held-out data seeds" if payload["held_out"] else "INCLUDES the tuning data seed 0: not held out"
     lines = [f"## methods: {payload['lane']}: {payload['description']}", "",
              f"{kind}; training seeds {payload['seeds']} x data seeds {payload['data_seeds']} ({held}); device "
-             f"`{payload.get('device_name')}`, torch `{payload.get('torch')}`, git `{payload.get('git_sha')}`, "
+             f"`{payload.get('device_name')}`{_cpu(payload)}, torch `{payload.get('torch')}`, git "
+             f"`{payload.get('git_sha')}`, "
              f"{payload.get('timestamp')}.", "", f"`{payload['command']}`", "",
              "Differences are paired over (data seed, training seed); the interval is the 95% Student-t interval of "
              "the mean difference; wins count pairs with a positive difference; gap closed = mean(method - baseline) "

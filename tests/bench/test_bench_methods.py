@@ -199,6 +199,8 @@ def test_quick_lane_end_to_end_and_resumable(tmp_path):
     assert lsd["vs_baseline"] == want  # floats survive the JSON round trip exactly
     assert path.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| LSD-seg | method | 2 |" in path.with_suffix(".md").read_text()
+    cpu = f"`{payload['device_name']}` ({payload['cpu_model']}, {payload['cpu_capability']}"  # the page names the CPU
+    assert payload["cpu_model"] and cpu in path.with_suffix(".md").read_text()
     stamps = {p: p.stat().st_mtime_ns for p in runs.glob("uda-lsd/*/*/results.json")}
     assert methods.main(argv) == 0
     assert json.loads(path.read_text())["status"] == {"done": 6}

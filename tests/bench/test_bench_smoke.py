@@ -4,11 +4,12 @@ import json
 import time
 
 import pytest
+import torch
 
 from segadapt.bench import common
 from segadapt.bench import kernels
 
-ENV_KEYS = {"device_name", "torch", "triton", "dali", "cuda", "git_sha", "timestamp"}
+ENV_KEYS = {"device_name", "torch", "triton", "dali", "cuda", "git_sha", "timestamp", "cpu_model", "cpu_capability"}
 MY_OPS = ["upsample_cross_entropy", "upsample_bce"]
 
 
@@ -76,6 +77,17 @@ def test_time_fn_counts_slow_timed_calls():
     """Control for the test above: a sleep inside the timed window must show up in the median."""
     median, _, _ = common.time_fn(lambda: time.sleep(0.02), warmup=0, rep=3, device="cpu")
     assert median >= 20.0
+
+
+def test_env_stamp_names_the_cpu(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Gold 6448Y\n"
+                       "flags\t\t: fpu avx2 amx_tile avx512f\n\nprocessor\t: 1\nmodel name\t: other\n")  # fmt: skip
+    assert common.cpu_model(cpuinfo) == "Intel(R) Xeon(R) Gold 6448Y"
+    assert common.cpu_flags(cpuinfo) == {"fpu", "avx2", "amx_tile", "avx512f"}
+    assert common.cpu_model(tmp_path / "missing") and common.cpu_flags(tmp_path / "missing") == set()
+    stamp = common.env_stamp("cpu")
+    assert stamp["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and isinstance(stamp["cpu_amx"], bool)
 
 
 def test_common_helpers(tmp_path):
