@@ -340,6 +340,28 @@ def test_table_cuts_a_lane_to_one_table_and_the_stages_its_rows_start_from(tmp_p
         methods.main(["--dry-run", "--lane", "semi-init", "--table", "nope"])
 
 
+def test_per_pair_starts_train_each_pairs_own_start_in_a_lane_of_their_own(tmp_path):
+    """--starts per-pair: every stage runs once per pair at the pair's training seed (d<D>-s<S>, not d<D>-s0), each
+    run starts from its own pair's stage, and the lane is LANE-pp, so no shared-start run directory is reused or
+    removed; uda-init's stage keeps its separate draw D + 1000."""
+    lane = methods.per_pair_starts(methods.select_tables(methods.LANES["semi-init"], ["advsemiseg"]))
+    assert lane.name == "semi-init-pp" and not any(stage.once_per_data_seed for stage in lane.stages)
+    jobs = methods.plan(lane, [1, 2], [1], tmp_path)
+    stages = {job.seed: job for job in jobs if job.arm.role == "stage"}
+    assert sorted(stages) == [1, 2] and all(job.run_dir.parent.parent.name == "semi-init-pp" for job in jobs)
+    for job in jobs:
+        if job.arm.role != "stage":
+            want = str(methods.final_checkpoint(stages[job.seed]))
+            assert job.needs == str(stages[job.seed].run_dir) and job.expected["model"]["pretrained"] == want
+    assert stages[1].expected["train"]["seed"] == 1 and stages[2].expected["train"]["seed"] == 2
+    (pool,) = methods.per_pair_starts(methods.LANES["uda-init"]).stages
+    (job,) = [j for j in methods.plan(methods.per_pair_starts(methods.LANES["uda-init"]), [3], [1], tmp_path)
+              if j.arm.key == pool.key]  # fmt: skip
+    assert (job.seed, job.expected["data"]["synthshift"]["seed"]) == (3, 1 + methods.POOL_OFFSET)
+    with pytest.raises(ValueError, match="--starts per-pair: lane semi has no pretrained start"):
+        methods.per_pair_starts(methods.LANES["semi"])
+
+
 def test_probe_results_never_fill_the_readme(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("<!-- methods:semi begin -->\nold\n<!-- methods:semi end -->\n")
