@@ -91,28 +91,26 @@ def _device_name(device: str) -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """The CPU's model name (first "model name" of /proc/cpuinfo; platform.processor() where there is none)."""
+def _cpuinfo_field(key: str, cpuinfo: Path) -> str:
+    """The first non-empty `key` line's value in /proc/cpuinfo's format ("" where there is none or no file)."""
     try:
         for line in cpuinfo.read_text().splitlines():
-            key, colon, value = line.partition(":")
-            if colon and key.strip() == "model name" and value.strip():
+            name, colon, value = line.partition(":")
+            if colon and name.strip() == key and value.strip():
                 return value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown"
+    return ""
+
+
+def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name (first "model name" of /proc/cpuinfo; platform.processor() where there is none)."""
+    return _cpuinfo_field("model name", cpuinfo) or platform.processor() or platform.machine() or "unknown"
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
     """The CPU's feature flags (first "flags" line of /proc/cpuinfo; empty where there is none)."""
-    try:
-        for line in cpuinfo.read_text().splitlines():
-            key, colon, value = line.partition(":")
-            if colon and key.strip() == "flags":
-                return set(value.split())
-    except OSError:
-        pass
-    return set()
+    return set(_cpuinfo_field("flags", cpuinfo).split())
 
 
 def _package_version(*distributions: str) -> str | None:
