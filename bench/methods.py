@@ -897,19 +897,86 @@ def readme_block(payload: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def update_readme(readme: Path, directory: Path = METHODS_RESULTS) -> list[str]:
-    """Rewrite every methods block of `readme` whose lane has a (non-quick) result JSON in `directory`, the held-out
-    one where a lane has both; returns the lanes written. Blocks of lanes without results are left as they are."""
-    if not Path(readme).is_file():
-        return []
-    payloads = {}
+def lane_results(directory: Path) -> dict[str, dict[str, Any]]:
+    """lane -> its whole-lane result JSON in `directory` (no probe, no --table cut, not --quick), the held-out one
+    where a lane has both a held-out and a tuning result (one device per lane in a folder)."""
+    payloads: dict[str, dict[str, Any]] = {}
     for path in sorted(Path(directory).glob("*.json")):
         payload = json.loads(path.read_text())
         partial = payload.get("probe") or payload.get("only")  # a probe or a cut lane is not the lane's result
         if payload.get("bench") == "methods" and not payload.get("quick") and not partial:
-            # One device per lane here; a held-out result wins over a tuning one (which says so in its block).
             if payload["lane"] not in payloads or payload["held_out"] or not payloads[payload["lane"]]["held_out"]:
                 payloads[payload["lane"]] = payload
+    return payloads
+
+
+COMPARE_BLOCK = re.compile(
+    r"(<!-- methods-vs:(?P<folder>[\w-]+) begin -->\n)(?P<body>.*?)(<!-- methods-vs:(?P=folder) end -->)", re.S
+)
+"""A README block comparing the held-out lanes of bench/results/methods/FOLDER/ (the same protocol run another way,
+e.g. `--set train.precision="bf16"`) with those of bench/results/methods/: `<!-- methods-vs:FOLDER begin -->` ..."""
+
+
+def _per_pair_s(payload: dict[str, Any]) -> float | None:
+    pairs = len(payload["seeds"]) * len(payload["data_seeds"])
+    total = payload.get("timing", {}).get("train_s_total")
+    return total / pairs if total and pairs else None
+
+
+def _cpu_short(payload: dict[str, Any]) -> str:
+    return f"{payload.get('cpu_capability') or '?'}{'+AMX' if payload.get('cpu_amx') else ''}"
+
+
+def comparison_block(reference: dict[str, dict[str, Any]], other: dict[str, dict[str, Any]], folder: str) -> str:
+    """The README's text comparing two runs of the protocol lane by lane (held-out results only): each method's paired
+    difference in both, then each lane's cost in both (training core-seconds a pair; the other run's wall time,
+    all lanes of one `bench methods` call back to back, data generation included)."""
+    lanes = [lane for lane in LANES if lane in reference and lane in other
+             and reference[lane]["held_out"] and other[lane]["held_out"]]  # fmt: skip
+    if not lanes:
+        return f"no held-out lane in both bench/results/methods/ and bench/results/methods/{folder}/ yet\n"
+    first = other[lanes[0]]
+    lines = [f"`bench/results/methods/{folder}/` (`{first['command']}`, git `{first.get('git_sha')}`) against "
+             "`bench/results/methods/` (the tables above), held-out pairs only; written by `python -m "
+             "segadapt.bench report`, do not edit by hand.", "",
+             f"| lane | method - baseline | `methods/`: mean [95% CI], wins | `methods/{folder}/`: mean [95% CI], "
+             "wins |", "|---|---|---:|---:|"]  # fmt: skip
+    for lane in lanes:
+        other_tables = {table.get("title"): table for table in other[lane]["tables"]}
+        for ref_table in reference[lane]["tables"]:
+            other_rows = {row["key"]: row for row in other_tables.get(ref_table.get("title"), {"rows": []})["rows"]}
+            for row in ref_table["rows"]:
+                if row["role"] not in ("method", "ceiling") or row["key"] not in other_rows:
+                    continue
+                pairs = [(ref_table["baseline"], row.get("vs_baseline"), other_rows[row["key"]].get("vs_baseline"))]
+                pairs += [(key, stats, other_rows[row["key"]].get("versus", {}).get(key))
+                          for key, stats in row.get("versus", {}).items()]  # fmt: skip
+                for versus, ref_stats, other_stats in pairs:
+                    cells = [f"{_difference(s)}, {s['wins']}/{s['n']}" if s and s.get("n") else "-"
+                             for s in (ref_stats, other_stats)]  # fmt: skip
+                    lines.append(f"| {lane} | {row['key']} - {versus} | {cells[0]} | {cells[1]} |")
+    lines += ["", f"| lane | pairs | `methods/` core-s a pair (CPU) | `methods/{folder}/` core-s a pair (CPU) | "
+              f"`methods/{folder}/` wall, --jobs |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+    wall = 0.0
+    for lane in lanes:
+        ref, run = reference[lane], other[lane]
+        wall += run["timing"].get("wall_s") or 0.0
+        done = run.get("status", {}).get("done", 0)  # runs finished before the call: its wall leaves them out
+        resumed = f" (resumed: {done} runs done before)" if done else ""
+        lines.append(f"| {lane} | {len(run['seeds']) * len(run['data_seeds'])} | {_number(_per_pair_s(ref), 0)} "
+                     f"({_cpu_short(ref)}) | {_number(_per_pair_s(run), 0)} ({_cpu_short(run)}) | "
+                     f"{(run['timing'].get('wall_s') or 0) / 60:.1f} min, {run['jobs']}{resumed} |")  # fmt: skip
+    lines.append(f"| all {len(lanes)} | | | | **{wall / 3600:.2f} h** |")
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(readme: Path, directory: Path = METHODS_RESULTS) -> list[str]:
+    """Rewrite every methods block of `readme` whose lane has a (non-quick) result JSON in `directory`, the held-out
+    one where a lane has both, and every comparison block (COMPARE_BLOCK) whose folder has results; returns the lanes
+    (and `vs:FOLDER`) written. Blocks without results are left as they are."""
+    if not Path(readme).is_file():
+        return []
+    payloads = lane_results(directory)
     text = Path(readme).read_text()
     written: list[str] = []
 
@@ -920,7 +987,14 @@ def update_readme(readme: Path, directory: Path = METHODS_RESULTS) -> list[str]:
         written.append(match["lane"])
         return match[1] + readme_block(payload) + match[4]
 
-    updated = README_BLOCK.sub(fill, text)
+    def compare(match: re.Match) -> str:
+        other = lane_results(Path(directory) / match["folder"])
+        if not other:
+            return match[0]
+        written.append(f"vs:{match['folder']}")
+        return match[1] + comparison_block(payloads, other, match["folder"]) + match[4]
+
+    updated = COMPARE_BLOCK.sub(compare, README_BLOCK.sub(fill, text))
     if updated != text:
         from segadapt.checkpoint import atomic_write_text
 
@@ -1029,6 +1103,7 @@ def run_lane(lane: Lane, args, seeds: list[int], data_seeds: list[int], runs: Pa
         "jobs": args.jobs,
         "runs": str(runs / lane.name),
         "command": shlex.join(["python", "-m", "segadapt.bench", "methods", *argv]),
+        "overrides": args.overrides,
         **env_stamp(device),
         "tables": summarize(lane, jobs),
         "timing": clock,

@@ -375,6 +375,51 @@ def test_probe_results_never_fill_the_readme(tmp_path):
     assert methods.update_readme(readme, tmp_path) == ["semi"] and "old" not in readme.read_text()
 
 
+def _lane_payload(lane, diff, wins, wall, train, versus=None, status=None, held_out=True):
+    stats = {"n": 10, "mean": diff, "ci95": [diff - 1.0, diff + 1.0], "wins": wins}
+    rows = [{"key": "base", "role": "baseline", "vs_baseline": None},
+            {"key": "m", "role": "method", "vs_baseline": stats, "versus": versus or {}},
+            {"key": "stage", "role": "stage"}]  # fmt: skip
+    return {"bench": "methods", "lane": lane, "quick": False, "held_out": held_out, "probe": None, "only": None,
+            "seeds": [1, 2, 3, 4, 5], "data_seeds": [1, 2], "jobs": 2, "command": f"python -m ... --lane {lane}",
+            "git_sha": "abc", "cpu_capability": "AVX512", "cpu_amx": True, "status": status or {"ran": 40},
+            "tables": [{"baseline": "base", "rows": rows}],
+            "timing": {"wall_s": wall, "train_s_total": train}}  # fmt: skip
+
+
+def test_comparison_block_pairs_each_lanes_methods_and_costs_across_two_result_folders(tmp_path):
+    """A README `methods-vs:FOLDER` block: per method row the paired difference of both folders' held-out results,
+    per lane the training core-seconds a pair in both and the other run's wall, summed over the lanes (hours)."""
+    other = tmp_path / "bf16"
+    other.mkdir()
+    versus = {"base2": {"n": 10, "mean": -0.5, "ci95": [-1.0, 0.0], "wins": 3}}
+    (tmp_path / "mm-cpu.json").write_text(json.dumps(_lane_payload("mm", 4.5, 10, 4000.0, 4000.0, versus)))
+    (tmp_path / "uda-lsd-cpu.json").write_text(json.dumps(_lane_payload("uda-lsd", 5.4, 10, 3000.0, 3480.0)))
+    (other / "mm-cpu.json").write_text(json.dumps(_lane_payload("mm", 3.0, 9, 900.0, 1800.0, versus)))
+    (other / "uda-lsd-cpu.json").write_text(
+        json.dumps(_lane_payload("uda-lsd", 2.0, 7, 2700.0, 1700.0, status={"done": 3, "ran": 27}))
+    )
+    (other / "semi-cpu-tuning.json").write_text(json.dumps(_lane_payload("semi", 9.0, 3, 1.0, 1.0, held_out=False)))
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- methods-vs:bf16 begin -->\nold\n<!-- methods-vs:bf16 end -->\nb\n")
+    assert methods.update_readme(readme, tmp_path) == ["vs:bf16"]
+    text = readme.read_text()
+    assert text.startswith("a\n<!-- methods-vs:bf16 begin -->\n") and text.endswith("<!-- methods-vs:bf16 end -->\nb\n")
+    rows = [line for line in text.splitlines() if line.startswith("| uda-lsd |") or line.startswith("| mm |")]
+    assert rows == [  # LANES order (uda-lsd before mm); the tuning-only semi lane has no row
+        "| uda-lsd | m - base | +5.40 [+4.40, +6.40], 10/10 | +2.00 [+1.00, +3.00], 7/10 |",
+        "| mm | m - base | +4.50 [+3.50, +5.50], 10/10 | +3.00 [+2.00, +4.00], 9/10 |",
+        "| mm | m - base2 | -0.50 [-1.00, +0.00], 3/10 | -0.50 [-1.00, +0.00], 3/10 |",
+        "| uda-lsd | 10 | 348 (AVX512+AMX) | 170 (AVX512+AMX) | 45.0 min, 2 (resumed: 3 runs done before) |",
+        "| mm | 10 | 400 (AVX512+AMX) | 180 (AVX512+AMX) | 15.0 min, 2 |",
+    ]
+    assert "| all 2 | | | | **1.00 h** |" in text
+    (other / "mm-cpu.json").unlink()
+    (other / "uda-lsd-cpu.json").unlink()
+    assert methods.update_readme(readme, tmp_path) == ["vs:bf16"]  # the semi tuning result alone: said, not a table
+    assert "no held-out lane in both" in readme.read_text()
+
+
 def test_valnoise_miou_is_the_evaluations_and_a_paired_bootstrap_of_equal_models_is_zero():
     import torch
 
