@@ -1076,6 +1076,25 @@ def _device_slug() -> tuple[str, str]:
     return device, re.sub(r"[^a-z0-9.]+", "-", name.lower()).strip("-")
 
 
+def forecast(jobs: list[Job], measured: dict[str, Any] | None, parallel: int) -> str:
+    """A dry run's cost forecast: the runs not done, priced at the mean seconds per arm of the lane's last measured
+    result (`measured`, its JSON payload; a probed ARM@TAG priced as ARM), divided over `parallel` cores. Those
+    seconds depend on the CPU and on what else ran, so the line names both."""
+    todo = [job for job in jobs if run_state(job) != "done"]
+    if measured is None:
+        return f"{len(todo)} of {len(jobs)} runs to run; no measured result of this lane in the results folder to price"
+    per_arm = {key.split("@")[0]: arm["mean_s"] for key, arm in measured["timing"]["per_arm"].items()
+               if arm.get("mean_s")}  # fmt: skip
+    prices = [per_arm.get(job.arm.key.split("@")[0]) for job in todo]
+    core = sum(price for price in prices if price is not None)
+    unpriced = sum(price is None for price in prices)
+    return (
+        f"{len(todo)} of {len(jobs)} runs to run: ~{core:.0f} core-s, ~{core / parallel / 60:.0f} min with --jobs "
+        f"{parallel}, at the mean seconds per arm of the {measured.get('timestamp')} result ({_cpu_short(measured)}"
+        f", --jobs {measured.get('jobs')})" + (f"; {unpriced} runs of arms it did not time" if unpriced else "")
+    )
+
+
 def run_lane(lane: Lane, args, seeds: list[int], data_seeds: list[int], runs: Path, out: Path, argv: list[str]) -> int:
     """Plan, run what is missing, summarize and write the lane's JSON, markdown and plot; returns failed runs."""
     from segadapt.bench.common import env_stamp
@@ -1085,6 +1104,9 @@ def run_lane(lane: Lane, args, seeds: list[int], data_seeds: list[int], runs: Pa
         for job in jobs:
             print(f"# {lane.name}/{job.arm.key}/{job.pair}: {run_state(job)}")
             print("OMP_NUM_THREADS=1 " + shlex.join(job.command()))
+        results = lane_results(out)
+        print("# " + forecast(jobs, results.get(lane.name) or results.get(lane.name.removesuffix(PER_PAIR_SUFFIX)),
+                              args.jobs))  # fmt: skip
         return 0
     started = time.perf_counter()
     data_s = ensure_data(jobs)

@@ -253,13 +253,35 @@ def test_quick_lane_end_to_end_and_resumable(tmp_path):
 
 def test_dry_run_prints_every_command_and_runs_nothing(tmp_path, capsys):
     runs = tmp_path / "runs"
-    assert methods.main(["--dry-run", "--lane", "mm", "--seeds", "1-2", "--data-seeds", "5", "--runs", str(runs)]) == 0
+    argv = ["--dry-run", "--lane", "mm", "--seeds", "1-2", "--data-seeds", "5", "--runs", str(runs), "--out", str(runs)]
+    assert methods.main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
     commands = [line for line in lines if line.startswith("OMP_NUM_THREADS=1 ")]
     assert len(commands) == 2 * 6 and all("segadapt train mm_demo_" in line for line in commands)
-    assert sum("to run" in line for line in lines) == 12 and not runs.exists()
+    assert sum(line.endswith(": to run") for line in lines) == 12 and not runs.exists()
+    assert lines[-1] == "# 12 of 12 runs to run; no measured result of this lane in the results folder to price"
     with pytest.raises(SystemExit):
         methods.main(["--lane", "nope"])
+
+
+def test_dry_run_prices_the_runs_to_run_at_the_lanes_measured_seconds_per_arm(tmp_path, capsys):
+    """The forecast: every run not done, at the mean seconds of its arm in the lane's last result (a probed arm at its
+    arm's), divided over --jobs; an arm the result did not time is counted, not priced."""
+    out = tmp_path / "results"
+    out.mkdir()
+    per_arm = {"scratch": 60.0, "colorization": 80.0, "mixmatch": 100.0, "full": 40.0, "colorize": 30.0}
+    payload = _lane_payload("mm", 1.0, 5, 100.0, 100.0)
+    payload["timing"]["per_arm"] = {key: {"runs": 10, "mean_s": value} for key, value in per_arm.items()}
+    payload["timestamp"] = "T"
+    (out / "mm-cpu.json").write_text(json.dumps(payload))
+    argv = ["--dry-run", "--lane", "mm", "--seeds", "1-2", "--data-seeds", "5", "--runs", str(tmp_path / "runs"),
+            "--out", str(out), "--jobs", "2", "--probe", "mixmatch:optim.lr=0.01", "--tag", "lr"]  # fmt: skip
+    assert methods.main(argv) == 0
+    core = 2 * sum(per_arm.values())  # two pairs; mixmatch@lr priced as mixmatch; mixmatch-stage not timed
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"# 12 of 12 runs to run: ~{core:.0f} core-s, ~{core / 2 / 60:.0f} min with --jobs 2, at the mean seconds "
+        "per arm of the T result (AVX512+AMX, --jobs 2); 2 runs of arms it did not time"
+    )
 
 
 def test_a_key_added_to_the_config_at_its_default_does_not_make_a_run_stale(tmp_path):
