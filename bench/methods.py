@@ -41,12 +41,18 @@ Per lane and table the result JSON, markdown and one PNG (bars with 95% interval
 <lane>-<device>.{json,md,png}: mean and std of mIoU (last snapshot; best-on-val, which selects on the data it is
 scored on, labelled as such), the paired difference to the baseline over the (data seed, training seed) pairs with a
 95% Student-t interval, the win rate over those pairs and the share of the baseline-to-ceiling gap closed, plus the
-training seconds per arm. `python -m segadapt.bench report` renders the same files from the JSON.
+training seconds per arm. `python -m segadapt.bench report` renders the same files from the JSON. `--dry-run` prints
+every command, which runs are done, and prices the rest at the lane's last measured seconds per arm.
+
+The same protocol run another way (say `--set 'train.precision="bf16"' --runs runs/methods-bf16 --out
+bench/results/methods/bf16`) is set beside the main results by a README block `<!-- methods-vs:bf16 begin -->`:
+each method's paired difference in both runs and each lane's cost in both.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -54,8 +60,10 @@ import platform
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from dataclasses import replace
@@ -551,17 +559,37 @@ def execute(jobs: list[Job], parallel: int = 1, log=print) -> dict[str, str]:
         if job.run_dir.exists():
             log(f"[methods] {job.lane}/{job.arm.key}/{job.pair}: {run_state(job)}; removed, runs again")
     running: dict[str, tuple[Job, subprocess.Popen, float]] = {}
-    try:
-        while waiting or running:
-            _launch(waiting, running, status, parallel, log)
-            _reap(running, status, log)
-            if running:
-                time.sleep(0.2)
-    finally:
-        for _, process, _ in running.values():  # interrupted (Ctrl-C, an error here): leave no orphaned run behind
-            process.terminate()
-            process.wait()
+    with _terminate_raises():
+        try:
+            while waiting or running:
+                _launch(waiting, running, status, parallel, log)
+                _reap(running, status, log)
+                if running:
+                    time.sleep(0.2)
+        finally:
+            for _, process, _ in running.values():  # interrupted (Ctrl-C, kill, an error): no orphaned run left
+                process.terminate()
+                process.wait()
     return status
+
+
+@contextlib.contextmanager
+def _terminate_raises():
+    """SIGTERM (kill, a batch system's stop) raises SystemExit(143) while runs go, so `execute`'s cleanup stops them
+    too; without it the runs outlive the protocol. Ctrl-C already raises; a background shell's `&` ignores SIGINT,
+    so `kill PID` is how a user stops a protocol started with nohup. Main thread only (signal's own rule)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _launch(waiting: list[Job], running: dict, status: dict[str, str], parallel: int, log) -> None:
@@ -1105,8 +1133,8 @@ def run_lane(lane: Lane, args, seeds: list[int], data_seeds: list[int], runs: Pa
             print(f"# {lane.name}/{job.arm.key}/{job.pair}: {run_state(job)}")
             print("OMP_NUM_THREADS=1 " + shlex.join(job.command()))
         results = lane_results(out)
-        print("# " + forecast(jobs, results.get(lane.name) or results.get(lane.name.removesuffix(PER_PAIR_SUFFIX)),
-                              args.jobs))  # fmt: skip
+        measured = results.get(lane.name) or results.get(lane.name.removesuffix(PER_PAIR_SUFFIX))
+        print("# cost: " + forecast(jobs, measured, args.jobs))
         return 0
     started = time.perf_counter()
     data_s = ensure_data(jobs)

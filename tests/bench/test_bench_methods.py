@@ -259,7 +259,7 @@ def test_dry_run_prints_every_command_and_runs_nothing(tmp_path, capsys):
     commands = [line for line in lines if line.startswith("OMP_NUM_THREADS=1 ")]
     assert len(commands) == 2 * 6 and all("segadapt train mm_demo_" in line for line in commands)
     assert sum(line.endswith(": to run") for line in lines) == 12 and not runs.exists()
-    assert lines[-1] == "# 12 of 12 runs to run; no measured result of this lane in the results folder to price"
+    assert lines[-1] == "# cost: 12 of 12 runs to run; no measured result of this lane in the results folder to price"
     with pytest.raises(SystemExit):
         methods.main(["--lane", "nope"])
 
@@ -279,9 +279,36 @@ def test_dry_run_prices_the_runs_to_run_at_the_lanes_measured_seconds_per_arm(tm
     assert methods.main(argv) == 0
     core = 2 * sum(per_arm.values())  # two pairs; mixmatch@lr priced as mixmatch; mixmatch-stage not timed
     assert capsys.readouterr().out.splitlines()[-1] == (
-        f"# 12 of 12 runs to run: ~{core:.0f} core-s, ~{core / 2 / 60:.0f} min with --jobs 2, at the mean seconds "
-        "per arm of the T result (AVX512+AMX, --jobs 2); 2 runs of arms it did not time"
+        f"# cost: 12 of 12 runs to run: ~{core:.0f} core-s, ~{core / 2 / 60:.0f} min with --jobs 2, at the mean "
+        "seconds per arm of the T result (AVX512+AMX, --jobs 2); 2 runs of arms it did not time"
     )
+
+
+def test_a_killed_protocol_stops_its_runs(tmp_path, monkeypatch):
+    """SIGTERM to `bench methods` (how a nohup'd protocol is stopped: a background `&` ignores SIGINT) ends its
+    running trainings too, instead of leaving them to outlive it, and the protocol exits with 143."""
+    import os
+    import signal
+    import subprocess
+    import threading
+
+    started = []
+
+    def fake_start(job):
+        started.append(subprocess.Popen(["sleep", "60"]))
+        return started[-1]
+
+    monkeypatch.setattr(methods, "_start", fake_start)
+    jobs = [j for j in methods.plan(methods.LANES["uda-lsd"], [1], [1], tmp_path) if j.arm.key != "oracle"]
+    before = signal.getsignal(signal.SIGTERM)
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    with pytest.raises(SystemExit) as stopped:
+        methods.execute(jobs, parallel=2, log=lambda line: None)
+    timer.join()
+    assert stopped.value.code == 143 and len(started) == 2
+    assert all(process.poll() == -signal.SIGTERM for process in started)  # terminated, not left running
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
 
 
 def test_a_key_added_to_the_config_at_its_default_does_not_make_a_run_stale(tmp_path):
@@ -318,7 +345,7 @@ def test_a_probe_overrides_one_arm_in_its_own_run_directories(tmp_path, capsys):
             "--probe", "u2pl:method.unsup_weight=0.25", "--tag", "w025"]  # fmt: skip
     assert methods.main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
-    states = [line for line in lines if line.startswith("# ")]
+    states = [line for line in lines if line.startswith("# ") and not line.startswith("# cost: ")]
     assert "# semi/u2pl@w025/d0-s1: to run" in states and "# semi/supervised-v3plus/d0-s1: to run" in states
     commands = [line for line in lines if line.startswith("OMP_NUM_THREADS=1 ")]
     probed = [line for line in commands if "method.unsup_weight=0.25" in line]
@@ -355,7 +382,8 @@ def test_table_cuts_a_lane_to_one_table_and_the_stages_its_rows_start_from(tmp_p
     argv = ["--dry-run", "--lane", "semi-init", "--seeds", "1", "--data-seeds", "0", "--runs", str(tmp_path),
             "--table", "u2pl", "--probe", "u2pl:method.drop_percent=50.0", "--tag", "dp50"]  # fmt: skip
     assert methods.main(argv) == 0
-    states = [line for line in capsys.readouterr().out.splitlines() if line.startswith("# ")]
+    lines = capsys.readouterr().out.splitlines()
+    states = [line for line in lines if line.startswith("# ") and not line.startswith("# cost: ")]
     assert states == [f"# semi-init/{key}/d0-s{seed}: to run" for key, seed in
                       (("init-v3plus", 0), ("supervised-v3plus", 1), ("u2pl@dp50", 1), ("full-v3plus", 1))]  # fmt: skip
     with pytest.raises(SystemExit):
