@@ -952,7 +952,9 @@ def _per_pair_s(payload: dict[str, Any]) -> float | None:
 
 
 def _cpu_short(payload: dict[str, Any]) -> str:
-    return f"{payload.get('cpu_capability') or '?'}{'+AMX' if payload.get('cpu_amx') else ''}"
+    if not payload.get("cpu_capability"):
+        return "CPU not recorded"  # results from before env_stamp recorded the CPU
+    return f"{payload['cpu_capability']}{'+AMX' if payload.get('cpu_amx') else ''}"
 
 
 def comparison_block(reference: dict[str, dict[str, Any]], other: dict[str, dict[str, Any]], folder: str) -> str:

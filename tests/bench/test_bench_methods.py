@@ -464,6 +464,7 @@ def test_comparison_block_pairs_each_lanes_methods_and_costs_across_two_result_f
         "| mm | 10 | 400 (AVX512+AMX) | 180 (AVX512+AMX) | 15.0 min, 2 |",
     ]
     assert "| all 2 | | | | **1.00 h** |" in text
+    assert methods._cpu_short({"cpu_capability": None}) == "CPU not recorded"  # a result from before env_stamp did
     (other / "mm-cpu.json").unlink()
     (other / "uda-lsd-cpu.json").unlink()
     assert methods.update_readme(readme, tmp_path) == ["vs:bf16"]  # the semi tuning result alone: said, not a table
