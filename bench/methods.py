@@ -583,6 +583,7 @@ def _terminate_raises():
         return
 
     def stop(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second kill must not cut the cleanup short
         raise SystemExit(128 + signum)
 
     previous = signal.signal(signal.SIGTERM, stop)
@@ -967,7 +968,7 @@ def comparison_block(reference: dict[str, dict[str, Any]], other: dict[str, dict
         return f"no held-out lane in both bench/results/methods/ and bench/results/methods/{folder}/ yet\n"
     first = other[lanes[0]]
     lines = [f"`bench/results/methods/{folder}/` (`{first['command']}`, git `{first.get('git_sha')}`) against "
-             "`bench/results/methods/` (the tables above), held-out pairs only; written by `python -m "
+             "`bench/results/methods/` (this section's lane tables), held-out pairs only; written by `python -m "
              "segadapt.bench report`, do not edit by hand.", "",
              f"| lane | method - baseline | `methods/`: mean [95% CI], wins | `methods/{folder}/`: mean [95% CI], "
              "wins |", "|---|---|---:|---:|"]  # fmt: skip
