@@ -692,8 +692,10 @@ def summarize(lane: Lane, jobs: list[Job]) -> list[dict[str, Any]]:
 
 
 def timing(lane: Lane, jobs: list[Job]) -> dict[str, Any]:
-    """Training seconds per arm (one thread a run), read from each run's protocol.json."""
+    """Training seconds per arm (one thread a run), read from each run's protocol.json, and the arm's stop_step (what
+    a forecast scales by when an arm's schedule has changed since)."""
     per_arm: dict[str, list[float]] = {}
+    steps = {job.arm.key: job.expected["schedule"]["stop_step"] for job in jobs}
     for job in jobs:
         try:
             per_arm.setdefault(job.arm.key, []).append(
@@ -701,7 +703,7 @@ def timing(lane: Lane, jobs: list[Job]) -> dict[str, Any]:
             )
         except (OSError, json.JSONDecodeError, KeyError):
             per_arm.setdefault(job.arm.key, [])
-    arms = {key: {"runs": len(v), "mean_s": sum(v) / len(v) if v else None, "total_s": sum(v)}
+    arms = {key: {"runs": len(v), "mean_s": sum(v) / len(v) if v else None, "total_s": sum(v), "steps": steps[key]}
             for key, v in per_arm.items()}  # fmt: skip
     return {"per_arm": arms, "train_s_total": sum(a["total_s"] for a in arms.values()), "runs_planned": len(jobs)}
 
@@ -1107,22 +1109,31 @@ def _device_slug() -> tuple[str, str]:
     return device, re.sub(r"[^a-z0-9.]+", "-", name.lower()).strip("-")
 
 
-def forecast(jobs: list[Job], measured: dict[str, Any] | None, parallel: int) -> str:
-    """A dry run's cost forecast: the runs not done, priced at the mean seconds per arm of the lane's last measured
-    result (`measured`, its JSON payload; a probed ARM@TAG priced as ARM), divided over `parallel` cores. Those
-    seconds depend on the CPU and on what else ran, so the line names both."""
-    todo = [job for job in jobs if run_state(job) != "done"]
+def forecast(jobs: list[Job], states: list[str], measured: dict[str, Any] | None, parallel: int) -> str:
+    """A dry run's cost forecast: the runs not done (`states`, one per job), priced at the mean seconds per arm of the
+    lane's last measured result (`measured`, its JSON payload; a probed ARM@TAG priced as ARM), scaled by the run's
+    stop_step over the one the result timed (a schedule changed since, or probed), divided over `parallel` cores.
+    Those seconds depend on the CPU and on what else ran, so the line names both."""
+    todo = [job for job, state in zip(jobs, states, strict=True) if state != "done"]
     if measured is None:
         return f"{len(todo)} of {len(jobs)} runs to run; no measured result of this lane in the results folder to price"
-    per_arm = {key.split("@")[0]: arm["mean_s"] for key, arm in measured["timing"]["per_arm"].items()
-               if arm.get("mean_s")}  # fmt: skip
-    prices = [per_arm.get(job.arm.key.split("@")[0]) for job in todo]
+    timed = {key.split("@")[0]: arm for key, arm in measured["timing"]["per_arm"].items() if arm.get("mean_s")}
+
+    def price(job: Job) -> float | None:
+        arm = timed.get(job.arm.key.split("@")[0])
+        if arm is None:
+            return None
+        steps = arm.get("steps")  # results written before timing recorded it: unscaled
+        return arm["mean_s"] * (job.expected["schedule"]["stop_step"] / steps if steps else 1.0)
+
+    prices = [price(job) for job in todo]
     core = sum(price for price in prices if price is not None)
     unpriced = sum(price is None for price in prices)
     return (
         f"{len(todo)} of {len(jobs)} runs to run: ~{core:.0f} core-s, ~{core / parallel / 60:.0f} min with --jobs "
-        f"{parallel}, at the mean seconds per arm of the {measured.get('timestamp')} result ({_cpu_short(measured)}"
-        f", --jobs {measured.get('jobs')})" + (f"; {unpriced} runs of arms it did not time" if unpriced else "")
+        f"{parallel}, at the mean seconds per arm (per step where it differs) of the {measured.get('timestamp')} "
+        f"result ({_cpu_short(measured)}, --jobs {measured.get('jobs')})"
+        + (f"; {unpriced} runs of arms it did not time" if unpriced else "")
     )
 
 
@@ -1132,12 +1143,13 @@ def run_lane(lane: Lane, args, seeds: list[int], data_seeds: list[int], runs: Pa
 
     jobs = plan(lane, seeds, data_seeds, runs, args.quick, args.overrides)
     if args.dry_run:
-        for job in jobs:
-            print(f"# {lane.name}/{job.arm.key}/{job.pair}: {run_state(job)}")
+        states = [run_state(job) for job in jobs]
+        for job, state in zip(jobs, states, strict=True):
+            print(f"# {lane.name}/{job.arm.key}/{job.pair}: {state}")
             print("OMP_NUM_THREADS=1 " + shlex.join(job.command()))
         results = lane_results(out)
         measured = results.get(lane.name) or results.get(lane.name.removesuffix(PER_PAIR_SUFFIX))
-        print("# cost: " + forecast(jobs, measured, args.jobs))
+        print("# cost: " + forecast(jobs, states, measured, args.jobs))
         return 0
     started = time.perf_counter()
     data_s = ensure_data(jobs)

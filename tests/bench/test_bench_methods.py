@@ -266,22 +266,38 @@ def test_dry_run_prints_every_command_and_runs_nothing(tmp_path, capsys):
 
 def test_dry_run_prices_the_runs_to_run_at_the_lanes_measured_seconds_per_arm(tmp_path, capsys):
     """The forecast: every run not done, at the mean seconds of its arm in the lane's last result (a probed arm at its
-    arm's), divided over --jobs; an arm the result did not time is counted, not priced."""
+    arm's), scaled by the run's stop_step over the timed one where the result recorded it, divided over --jobs; an arm
+    the result did not time is counted, not priced."""
+    from segadapt import config
+
     out = tmp_path / "results"
     out.mkdir()
     per_arm = {"scratch": 60.0, "colorization": 80.0, "mixmatch": 100.0, "full": 40.0, "colorize": 30.0}
     payload = _lane_payload("mm", 1.0, 5, 100.0, 100.0)
     payload["timing"]["per_arm"] = {key: {"runs": 10, "mean_s": value} for key, value in per_arm.items()}
+    stop = config.load("mm_demo_finetune").schedule.stop_step
+    payload["timing"]["per_arm"]["mixmatch"]["steps"] = stop // 2  # timed at half the recipe's schedule: costs 2x
+    payload["timing"]["per_arm"]["full"]["steps"] = stop  # same schedule: unscaled
     payload["timestamp"] = "T"
     (out / "mm-cpu.json").write_text(json.dumps(payload))
     argv = ["--dry-run", "--lane", "mm", "--seeds", "1-2", "--data-seeds", "5", "--runs", str(tmp_path / "runs"),
             "--out", str(out), "--jobs", "2", "--probe", "mixmatch:optim.lr=0.01", "--tag", "lr"]  # fmt: skip
     assert methods.main(argv) == 0
-    core = 2 * sum(per_arm.values())  # two pairs; mixmatch@lr priced as mixmatch; mixmatch-stage not timed
-    assert capsys.readouterr().out.splitlines()[-1] == (
+    core = 2 * (sum(per_arm.values()) + per_arm["mixmatch"])  # two pairs; mixmatch@lr as mixmatch, at twice its steps
+    assert stop % 2 == 0 and capsys.readouterr().out.splitlines()[-1] == (
         f"# cost: 12 of 12 runs to run: ~{core:.0f} core-s, ~{core / 2 / 60:.0f} min with --jobs 2, at the mean "
-        "seconds per arm of the T result (AVX512+AMX, --jobs 2); 2 runs of arms it did not time"
+        "seconds per arm (per step where it differs) of the T result (AVX512+AMX, --jobs 2); 2 runs of arms it did "
+        "not time"
     )
+
+
+def test_timing_records_each_arms_stop_step_for_the_forecast(tmp_path):
+    jobs = methods.plan(methods.LANES["uda-lsd"], [1], [1], tmp_path)
+    (jobs[0].run_dir).mkdir(parents=True)
+    (jobs[0].run_dir / "protocol.json").write_text(json.dumps({"elapsed_s": 12.5}))
+    arms = methods.timing(methods.LANES["uda-lsd"], jobs)["per_arm"]
+    assert arms[jobs[0].arm.key] == {"runs": 1, "mean_s": 12.5, "total_s": 12.5, "steps": 900}
+    assert {arm["steps"] for arm in arms.values()} == {900} and arms[jobs[1].arm.key]["mean_s"] is None
 
 
 def test_a_killed_protocol_stops_its_runs(tmp_path, monkeypatch):
