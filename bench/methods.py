@@ -962,16 +962,17 @@ def _cpu_short(payload: dict[str, Any]) -> str:
 
 def comparison_block(reference: dict[str, dict[str, Any]], other: dict[str, dict[str, Any]], folder: str) -> str:
     """The README's text comparing two runs of the protocol lane by lane (held-out results only): each method's paired
-    difference in both, then each lane's cost in both (training core-seconds a pair; the other run's wall time,
-    all lanes of one `bench methods` call back to back, data generation included)."""
+    difference in both, then each lane's cost in both (training core-seconds a pair; the other run's wall time, data
+    generation included, and the whole lane's training seconds over its --jobs, which is what a lane resumed from
+    earlier runs would have taken in one call; the git commit of each lane's result)."""
     lanes = [lane for lane in LANES if lane in reference and lane in other
              and reference[lane]["held_out"] and other[lane]["held_out"]]  # fmt: skip
     if not lanes:
         return f"no held-out lane in both bench/results/methods/ and bench/results/methods/{folder}/ yet\n"
     first = other[lanes[0]]
-    lines = [f"`bench/results/methods/{folder}/` (`{first['command']}`, git `{first.get('git_sha')}`) against "
-             "`bench/results/methods/` (this section's lane tables), held-out pairs only; written by `python -m "
-             "segadapt.bench report`, do not edit by hand.", "",
+    lines = [f"`bench/results/methods/{folder}/` (`{first['command']}`; each lane's own command and commit are in its "
+             "JSON) against `bench/results/methods/` (this section's lane tables), held-out pairs only; written by "
+             "`python -m segadapt.bench report`, do not edit by hand.", "",
              f"| lane | method - baseline | `methods/`: mean [95% CI], wins | `methods/{folder}/`: mean [95% CI], "
              "wins |", "|---|---|---:|---:|"]  # fmt: skip
     for lane in lanes:
@@ -989,17 +990,21 @@ def comparison_block(reference: dict[str, dict[str, Any]], other: dict[str, dict
                              for s in (ref_stats, other_stats)]  # fmt: skip
                     lines.append(f"| {lane} | {row['key']} - {versus} | {cells[0]} | {cells[1]} |")
     lines += ["", f"| lane | pairs | `methods/` core-s a pair (CPU) | `methods/{folder}/` core-s a pair (CPU) | "
-              f"`methods/{folder}/` wall, --jobs |", "|---|---:|---:|---:|---:|"]  # fmt: skip
-    wall = 0.0
+              f"`methods/{folder}/` wall, --jobs | whole lane: training s / --jobs | git |",
+              "|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    wall = whole = 0.0
     for lane in lanes:
         ref, run = reference[lane], other[lane]
         wall += run["timing"].get("wall_s") or 0.0
+        whole += (run["timing"].get("train_s_total") or 0.0) / run["jobs"]
         done = run.get("status", {}).get("done", 0)  # runs finished before the call: its wall leaves them out
         resumed = f" (resumed: {done} runs done before)" if done else ""
         lines.append(f"| {lane} | {len(run['seeds']) * len(run['data_seeds'])} | {_number(_per_pair_s(ref), 0)} "
                      f"({_cpu_short(ref)}) | {_number(_per_pair_s(run), 0)} ({_cpu_short(run)}) | "
-                     f"{(run['timing'].get('wall_s') or 0) / 60:.1f} min, {run['jobs']}{resumed} |")  # fmt: skip
-    lines.append(f"| all {len(lanes)} | | | | **{wall / 3600:.2f} h** |")
+                     f"{(run['timing'].get('wall_s') or 0) / 60:.1f} min, {run['jobs']}{resumed} | "
+                     f"{(run['timing'].get('train_s_total') or 0) / run['jobs'] / 60:.1f} min | "
+                     f"`{str(run.get('git_sha'))[:7]}` |")  # fmt: skip
+    lines.append(f"| all {len(lanes)} | | | | **{wall / 3600:.2f} h** | **{whole / 3600:.2f} h** | |")
     return "\n".join(lines) + "\n"
 
 

@@ -455,7 +455,8 @@ def _lane_payload(lane, diff, wins, wall, train, versus=None, status=None, held_
 
 def test_comparison_block_pairs_each_lanes_methods_and_costs_across_two_result_folders(tmp_path):
     """A README `methods-vs:FOLDER` block: per method row the paired difference of both folders' held-out results,
-    per lane the training core-seconds a pair in both and the other run's wall, summed over the lanes (hours)."""
+    per lane the training core-seconds a pair in both, the other run's wall and its whole lane's training seconds
+    over --jobs, each summed over the lanes (hours), and the commit of each lane's result."""
     other = tmp_path / "bf16"
     other.mkdir()
     versus = {"base2": {"n": 10, "mean": -0.5, "ci95": [-1.0, 0.0], "wins": 3}}
@@ -476,10 +477,12 @@ def test_comparison_block_pairs_each_lanes_methods_and_costs_across_two_result_f
         "| uda-lsd | m - base | +5.40 [+4.40, +6.40], 10/10 | +2.00 [+1.00, +3.00], 7/10 |",
         "| mm | m - base | +4.50 [+3.50, +5.50], 10/10 | +3.00 [+2.00, +4.00], 9/10 |",
         "| mm | m - base2 | -0.50 [-1.00, +0.00], 3/10 | -0.50 [-1.00, +0.00], 3/10 |",
-        "| uda-lsd | 10 | 348 (AVX512+AMX) | 170 (AVX512+AMX) | 45.0 min, 2 (resumed: 3 runs done before) |",
-        "| mm | 10 | 400 (AVX512+AMX) | 180 (AVX512+AMX) | 15.0 min, 2 |",
+        "| uda-lsd | 10 | 348 (AVX512+AMX) | 170 (AVX512+AMX) | 45.0 min, 2 (resumed: 3 runs done before) | 14.2 min "
+        "| `abc` |",
+        "| mm | 10 | 400 (AVX512+AMX) | 180 (AVX512+AMX) | 15.0 min, 2 | 15.0 min | `abc` |",
     ]
-    assert "| all 2 | | | | **1.00 h** |" in text
+    # Sum of the calls' walls, and of each whole lane's training seconds over its jobs (a resumed lane in one call)
+    assert "| all 2 | | | | **1.00 h** | **0.49 h** | |" in text
     assert methods._cpu_short({"cpu_capability": None}) == "CPU not recorded"  # a result from before env_stamp did
     (other / "mm-cpu.json").unlink()
     (other / "uda-lsd-cpu.json").unlink()
