@@ -1132,8 +1132,8 @@ def forecast(jobs: list[Job], states: list[str], measured: dict[str, Any] | None
         return arm["mean_s"] * (job.expected["schedule"]["stop_step"] / steps if steps else 1.0)
 
     prices = [price(job) for job in todo]
-    core = sum(price for price in prices if price is not None)
-    unpriced = sum(price is None for price in prices)
+    core = sum(value for value in prices if value is not None)
+    unpriced = sum(value is None for value in prices)
     return (
         f"{len(todo)} of {len(jobs)} runs to run: ~{core:.0f} core-s, ~{core / parallel / 60:.0f} min with --jobs "
         f"{parallel}, at the mean seconds per arm (per step where it differs) of the {measured.get('timestamp')} "
