@@ -995,14 +995,15 @@ def comparison_block(reference: dict[str, dict[str, Any]], other: dict[str, dict
     wall = whole = 0.0
     for lane in lanes:
         ref, run = reference[lane], other[lane]
+        lane_whole = (run["timing"].get("train_s_total") or 0.0) / run["jobs"]
         wall += run["timing"].get("wall_s") or 0.0
-        whole += (run["timing"].get("train_s_total") or 0.0) / run["jobs"]
+        whole += lane_whole
         done = run.get("status", {}).get("done", 0)  # runs finished before the call: its wall leaves them out
         resumed = f" (resumed: {done} runs done before)" if done else ""
         lines.append(f"| {lane} | {len(run['seeds']) * len(run['data_seeds'])} | {_number(_per_pair_s(ref), 0)} "
                      f"({_cpu_short(ref)}) | {_number(_per_pair_s(run), 0)} ({_cpu_short(run)}) | "
                      f"{(run['timing'].get('wall_s') or 0) / 60:.1f} min, {run['jobs']}{resumed} | "
-                     f"{(run['timing'].get('train_s_total') or 0) / run['jobs'] / 60:.1f} min | "
+                     f"{lane_whole / 60:.1f} min | "
                      f"`{str(run.get('git_sha'))[:7]}` |")  # fmt: skip
     lines.append(f"| all {len(lanes)} | | | | **{wall / 3600:.2f} h** | **{whole / 3600:.2f} h** | |")
     return "\n".join(lines) + "\n"
