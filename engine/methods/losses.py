@@ -21,8 +21,20 @@ def seg_loss(logits: Tensor, label: Tensor, align_corners: bool) -> Tensor:
 
 
 def upsample(logits: Tensor, size: tuple[int, int], align_corners: bool) -> Tensor:
-    """Bilinear upsampling of logits to (H, W), the official `interp` layer."""
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
+    """Bilinear upsampling of logits to (H, W), the official `interp` layer.
+
+    For channels-last CPU logits the gradient arriving at the upsampled map (NCHW from softmax's backward) is made
+    channels-last first: the same values, and the CPU upsample backward takes its fast path (4x19x96x192 from 13x25,
+    one thread, torch 2.13: 1.2 ms instead of 5.9 ms, plus a 0.5 ms copy). Not done on CUDA, where it was not measured.
+    """
+    out = F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
+    if out.requires_grad and out.device.type == "cpu" and _strictly_channels_last(logits):
+        out.register_hook(lambda grad: grad.contiguous(memory_format=torch.channels_last))
+    return out
+
+
+def _strictly_channels_last(x: Tensor) -> bool:
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
 
 
 def adversarial_loss(d_out: Tensor, label: int, gan: str, upsample_to: tuple[int, int] | None = None) -> Tensor:

@@ -78,7 +78,8 @@ def test_census_counts_the_tensors_each_op_touches_once():
 
 def test_census_of_the_fp32_ce_row_itemises_eager_passes():
     """The fp32 upsample+CE reference at the real shape, pass by pass: the upsample writes the full-resolution
-    scores, log_softmax reads and writes them, its backward reads two and writes one; labels are read by nll_loss."""
+    scores, log_softmax reads and writes them, its backward reads two and writes one; labels are read by nll_loss
+    (over (N*H*W, C) rows: the channels-last logits' own memory, kernels.upsample_cross_entropy.cross_entropy_sum)."""
     row = {row.op: row for row in roofline.rows()}["upsample_cross_entropy fwd+bwd fp32"]
     total, ops = roofline.eager_census(row.eager)
     moved = dict(ops)
@@ -87,7 +88,7 @@ def test_census_of_the_fp32_ce_row_itemises_eager_passes():
     assert moved["aten.upsample_bilinear2d.default"] == full + low
     assert moved["aten._log_softmax.default"] == 2 * full
     assert moved["aten._log_softmax_backward_data.default"] == 3 * full
-    assert moved["aten.nll_loss2d_forward.default"] == roofline.PIXELS * (8 + 4)
+    assert moved["aten.nll_loss_forward.default"] == roofline.PIXELS * (8 + 4)
     assert total == sum(moved for _, moved in ops) and total > 8 * full
 
 

@@ -165,3 +165,16 @@ def test_matmul_precision_is_applied_for_the_run(synth, tmp_path):
         assert torch.get_float32_matmul_precision() == "highest"
     finally:
         torch.set_float32_matmul_precision(saved)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_discriminators_follow_the_segmenter_layout(synth, tmp_path, channels_last):
+    """model.channels_last puts AdaptSegNet's FC discriminators in channels-last too (their input, the softmax of the
+    segmenter's logits, is channels-last; NCHW weights would be reordered at every conv); off leaves them NCHW."""
+    from segadapt.train import build_everything
+
+    run = build_everything(_cfg(synth, tmp_path, 1, **{"model.channels_last": channels_last}))
+    weights = [m.weight for d in run.method.discriminators.values() for m in d.modules() if hasattr(m, "weight")]
+    assert len(weights) == 10
+    for weight in weights:
+        assert weight.is_contiguous(memory_format=torch.channels_last) is channels_last

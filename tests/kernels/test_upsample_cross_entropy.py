@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from segadapt.kernels.upsample_cross_entropy import cross_entropy_sum
 from segadapt.kernels.upsample_cross_entropy import upsample_cross_entropy
 from segadapt.kernels.upsample_cross_entropy import upsample_cross_entropy_ref
 
@@ -105,6 +106,23 @@ def test_hand_computed_single_source_pixel():
     got_mean = upsample_cross_entropy(logits, labels, align_corners=False)
     assert got_sum.item() == pytest.approx(want_sum, rel=1e-6)
     assert got_mean.item() == pytest.approx(want_sum / 3, rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cross_entropy_sum_reads_channels_last_as_rows(dtype):
+    """The reference's channels-last path is `F.cross_entropy(reduction="sum")` on the NCHW copy, value and gradient,
+    and hands back a channels-last gradient (what the upsample before it needs for its fast CPU backward)."""
+    logits, labels = _make((2, 19, 12, 20, 12, 20), torch.channels_last, dtype=dtype)
+    assert not logits.is_contiguous()
+    got, got_grad = _loss_and_grad(cross_entropy_sum, logits, labels)
+    want, want_grad = _loss_and_grad(
+        lambda x, y: F.cross_entropy(x, y, ignore_index=255, reduction="sum"), logits.contiguous(), labels
+    )
+    tol = {"atol": 1e-4, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 0.5, "rtol": 1e-2}
+    torch.testing.assert_close(got.float(), want.float(), **tol, msg=lambda m: f"[loss] {m}")
+    torch.testing.assert_close(got_grad, want_grad, atol=1e-6 if dtype == torch.float32 else 1e-2, rtol=1e-2)
+    assert got_grad.is_contiguous(memory_format=torch.channels_last), "[grad] not channels-last"
+    assert want_grad.is_contiguous(), "[grad] the NCHW baseline's layout changed: the test no longer tells them apart"
 
 
 def test_strided_labels_and_no_grad_path():

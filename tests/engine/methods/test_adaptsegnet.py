@@ -11,6 +11,7 @@ from segadapt.methods import StepContext
 from segadapt.methods import build_method
 from segadapt.models import build_segmenter
 from segadapt.optim import make_optimizer
+from segadapt.train import discriminators_channels_last
 
 
 def _official_gradients(method, batch, cfg):
@@ -46,8 +47,11 @@ def _official_gradients(method, batch, cfg):
     return model_grads, torch.autograd.grad(loss_d, d_params)
 
 
+@pytest.mark.parametrize("layout", ["as-built", "channels-last"])
 @pytest.mark.parametrize("kernels", ["torch", "triton"])
-def test_gradients_match_the_official_iteration(kernels, monkeypatch):
+def test_gradients_match_the_official_iteration(kernels, layout, monkeypatch):
+    """channels-last: the trainer's layout (segmenter and FC discriminators channels-last, so the upsample's gradient
+    hook and the cross-entropy's channels-last rows run) against the same NCHW-agnostic transcription."""
     monkeypatch.setenv("SEGADAPT_KERNELS", kernels)
     cfg = config.load_dict(
         {
@@ -58,6 +62,13 @@ def test_gradients_match_the_official_iteration(kernels, monkeypatch):
         "test.toml",
     )
     method = build_method(build_segmenter(cfg.model), cfg)
+    if layout == "channels-last":
+        method.model.to(memory_format=torch.channels_last)
+        discriminators_channels_last(method)
+        weight = method.discriminators["d_main"].conv1.weight
+        assert not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last)
+        logits = method.model(_batch()["source"]["image"])["main"]
+        assert not logits.is_contiguous(), "the channels-last paths would not run: the logits are NCHW"
     optimizers = {n: make_optimizer(s, torch.device("cpu"), "off") for n, s in method.optimizers(cfg.optim).items()}
     # iter_size 2 at micro-step 0: gradients accumulate (divided by 2) and nothing steps, so they can be read.
     ctx = StepContext("cpu", None, torch.amp.GradScaler("cpu", enabled=False), optimizers, iter_size=2)
