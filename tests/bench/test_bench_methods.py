@@ -110,6 +110,8 @@ def test_semi_curve_doubles_the_labelled_share_up_to_every_image(tmp_path):
         fractions = [job.expected["data"]["labeled"]["fraction"] for job in jobs]
         assert {job.expected["data"]["labeled"]["fraction_rounding"] for job in jobs} == {"nearest"}
         assert [round(fraction * 150) for fraction in fractions] == [9, 19, 38, 75, 150]  # datasets._fraction_count
+        # ... of the 150 train images of a 200-scene synthshift (the pool it was measured on; the semi recipes now 600)
+        assert {job.expected["data"]["synthshift"]["count"] for job in jobs} == {200}
         assert [arm.role for arm in table.arms] == ["baseline", "method", "method", "method", "ceiling"]
         assert [arm.versus for arm in table.arms[1:]] == [(arm.key,) for arm in table.arms[:-1]]
 
