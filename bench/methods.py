@@ -37,6 +37,13 @@ named -only-ARM, never in the README either. `--starts per-pair` trains a lane's
 pair's training seed) instead of once per data seed, as lane LANE-pp: the start's own randomness is then sampled by
 the interval (measured: three starts of one recipe on one draw put supervised-only at 32.4, 39.3 and 42.8 mIoU).
 
+A table's ceiling (target oracle, full-label model) is a reference, not a claim: it trains once per data seed, at
+training seed 0 (RUNS/<lane>/<ceiling>/d<D>-s0), and every pair of that data seed is paired with that run, for the
+ceiling's paired difference and for the share of the gap each method closes. That costs D ceiling runs instead of
+K x D. `--ceilings per-pair` trains it once per pair, as the results before this change were made; the result JSON's
+"ceilings" says which. The semi-curve lane's all-labels point is a point of its curve, paired with the share below
+it, and always trains per pair.
+
 Per lane and table the result JSON, markdown and one PNG (bars with 95% intervals) go to bench/results/methods/
 <lane>-<device>.{json,md,png}: mean and std of mIoU (last snapshot; best-on-val, which selects on the data it is
 scored on, labelled as such), the paired difference to the baseline over the (data seed, training seed) pairs with a
@@ -98,7 +105,9 @@ class Arm:
     start_from: str = ""
     """Key of the stage whose final checkpoint becomes this run's model.pretrained; "" = none."""
     once_per_data_seed: bool = False
-    """A stage trained once per data seed at training seed 0 (a shared pretrained start), not once per pair."""
+    """Trained once per data seed at training seed 0, not once per pair: a stage (a shared pretrained start), or a
+    ceiling (its row's statistics are over its D runs; every pair of a data seed is paired with that data seed's run,
+    see `summarize`)."""
     versus: tuple[str, ...] = ()
     """Other arms of the same table this one is also compared with, paired (e.g. M&M against colorization)."""
     pool: int = 0
@@ -199,6 +208,24 @@ def per_pair_starts(lane: Lane) -> Lane:
     return replace(lane, name=lane.name + PER_PAIR_SUFFIX, description=description, stages=stages)
 
 
+def per_pair_ceilings(lane: Lane) -> Lane:
+    """The lane with its ceilings trained once per pair, at the pair's training seed (the protocol until the ceilings
+    were trained once per data seed, and how the results from before it were made). Same lane name: the two kinds
+    of ceiling run have their own directories (d<D>-s<S> against d<D>-s0), and the result JSON records which ran."""
+
+    def per_pair(arm: Arm) -> Arm:
+        return replace(arm, once_per_data_seed=False) if arm.role == "ceiling" else arm
+
+    return replace(lane, tables=tuple(replace(table, arms=tuple(map(per_pair, table.arms))) for table in lane.tables))
+
+
+def ceilings_mode(lane: Lane) -> str:
+    """How the lane's ceilings train: "once" (per data seed, every ceiling), "per-pair" (none), or "mixed"."""
+    ceilings = [arm for table in lane.tables for arm in table.arms if arm.role == "ceiling"]
+    once = {arm.once_per_data_seed for arm in ceilings}
+    return "once" if once == {True} else "per-pair" if once <= {False} else "mixed"
+
+
 def _method(name: str, **fields: str) -> str:
     """`--set method={...}`: replaces the whole [method] table, so the baseline gets its own section's defaults,
     exactly as `train.compare_methods` builds it (segadapt.cli.baseline_section)."""
@@ -219,7 +246,15 @@ def _uda(recipe: str, method: Arm, start: str = "") -> Table:
         (
             Arm("sourceonly", "source-only", "baseline", recipe, (SOURCE_ONLY,), start_from=start),
             method,
-            Arm("oracle", "target oracle (all target labels)", "ceiling", recipe, (ORACLE,), start_from=start),
+            Arm(
+                "oracle",
+                "target oracle (all target labels)",
+                "ceiling",
+                recipe,
+                (ORACLE,),
+                start_from=start,
+                once_per_data_seed=True,
+            ),
         ),
     )
 
@@ -240,7 +275,8 @@ def _semi(network: str, recipe: str, method: Arm, start: str = "") -> Table:
             Arm(f"supervised-{network}", "supervised-only (labelled share)", "baseline", recipe, (LABELLED_SHARE,),
                 start_from=start),
             method,
-            Arm(f"full-{network}", "full-label model (ceiling)", "ceiling", recipe, FULL_LABELS, start_from=start),
+            Arm(f"full-{network}", "full-label model (ceiling)", "ceiling", recipe, FULL_LABELS, start_from=start,
+                once_per_data_seed=True),
         ),
     )  # fmt: skip
 
@@ -293,7 +329,7 @@ def _lanes() -> dict[str, Lane]:
                 Arm("mixmatch", "colorization -> M&M -> fine-tune", "method", finetune, start_from="mixmatch-stage",
                     versus=("colorization",)),
                 Arm("full", "random init, full labels (ceiling)", "ceiling", finetune,
-                    (scratch, "data.labeled.fraction=1.0")))),),
+                    (scratch, "data.labeled.fraction=1.0"), once_per_data_seed=True))),),
              stages=(Arm("colorize", "colorization pre-training", "stage", "mm_demo_colorize"),
                      Arm("mixmatch-stage", "M&M stage", "stage", "mm_demo_mixmatch", start_from="colorize"))),
         Lane("semi-curve", "regime study: supervised-only against the labelled share, both semi recipes' networks",
@@ -477,19 +513,23 @@ def plan(lane: Lane, seeds: list[int], data_seeds: list[int], runs: Path, quick:
             f"D + {POOL_OFFSET}, so its data seeds must be 0..{POOL_OFFSET - 1} (a start never sees a pair's images)"
         )
     jobs: dict[tuple[str, int, int], Job] = {}
+    stages = {stage.key: stage for stage in lane.stages}
+
+    def job(arm: Arm, data_seed: int, seed: int) -> Job:
+        """The run of `arm` on (data_seed, seed), its start first (a once-per-data-seed ceiling from per-pair starts
+        gets the start at seed 0, which the pairs do not train)."""
+        own_seed = 0 if arm.once_per_data_seed else seed
+        if (arm.key, data_seed, own_seed) not in jobs:
+            start = job(stages[arm.start_from], data_seed, own_seed) if arm.start_from else None
+            jobs[(arm.key, data_seed, own_seed)] = make_job(
+                lane, arm, data_seed, own_seed, runs, quick, list(extra), start
+            )
+        return jobs[(arm.key, data_seed, own_seed)]
+
     for data_seed in data_seeds:
         for seed in seeds:
             for arm in lane.arms():
-                own_seed = 0 if arm.once_per_data_seed else seed
-                if (arm.key, data_seed, own_seed) in jobs:
-                    continue
-                start = None
-                if arm.start_from:
-                    stage = next(s for s in lane.stages if s.key == arm.start_from)
-                    start = jobs[(stage.key, data_seed, 0 if stage.once_per_data_seed else seed)]
-                jobs[(arm.key, data_seed, own_seed)] = make_job(
-                    lane, arm, data_seed, own_seed, runs, quick, list(extra), start
-                )
+                job(arm, data_seed, seed)
     return list(jobs.values())
 
 
@@ -657,17 +697,28 @@ def read_run(job: Job) -> dict[str, Any] | None:
             "elapsed_s": elapsed, "per_class": last.get("per_class")}  # fmt: skip
 
 
+def broadcast(runs: dict[str, dict], pairs: list[str]) -> dict[str, dict]:
+    """A once-per-data-seed arm's runs (keyed d<D>-s0) as every pair of `pairs` sees them: pair d<D>-s<S> gets the
+    run of data seed D (pairs whose data seed has no such run are left out)."""
+    return {pair: runs[f"{pair.split('-')[0]}-s0"] for pair in pairs if f"{pair.split('-')[0]}-s0" in runs}
+
+
 def _row(arm: Arm, runs: dict[str, dict], table: dict[str, dict[str, dict]], lower: Arm | None,
          upper: Arm | None) -> dict[str, Any]:  # fmt: skip
-    last = {pair: run["last"] for pair, run in runs.items()}
-    best = {pair: run["best"] for pair, run in runs.items()}
+    """`runs`: the arm's own runs (its mean +- std); `table`: every arm's runs as the pairs see them (a once-per-data-
+    seed arm broadcast over its data seed's pairs), which every paired statistic reads, this arm's own included."""
+    mine = table.get(arm.key, runs)
+    last = {pair: run["last"] for pair, run in mine.items()}
+    best = {pair: run["best"] for pair, run in mine.items()}
 
     def column(other: Arm | None, kind: str) -> dict[str, float]:
         return {p: r[kind] for p, r in table.get(other.key, {}).items()} if other else {}
 
     row = {"key": arm.key, "label": arm.label, "role": arm.role, "recipe": arm.recipe, "overrides": list(arm.overrides),
-           "start_from": arm.start_from, "runs": runs, "last": describe(list(last.values())),
-           "best": describe(list(best.values()))}  # fmt: skip
+           "start_from": arm.start_from, "runs": runs, "last": describe([run["last"] for run in runs.values()]),
+           "best": describe([run["best"] for run in runs.values()])}  # fmt: skip
+    if arm.once_per_data_seed:
+        row["once_per_data_seed"] = True
     if lower is not None and arm.key != lower.key:
         row["vs_baseline"] = paired(last, column(lower, "last"))
         row["vs_baseline_best"] = paired(best, column(lower, "best"))
@@ -687,7 +738,10 @@ def summarize(lane: Lane, jobs: list[Job]) -> list[dict[str, Any]]:
     tables = []
     for table in lane.tables:
         lower, upper = table.arm("baseline"), table.arm("ceiling")
-        rows = [_row(arm, runs.get(arm.key, {}), runs, lower, upper) for arm in table.arms]
+        pairs = sorted({pair for arm in table.arms if not arm.once_per_data_seed for pair in runs.get(arm.key, {})})
+        seen = {arm.key: broadcast(runs.get(arm.key, {}), pairs) if arm.once_per_data_seed else runs.get(arm.key, {})
+                for arm in table.arms}  # fmt: skip
+        rows = [_row(arm, runs.get(arm.key, {}), seen, lower, upper) for arm in table.arms]
         tables.append({"title": table.title, "baseline": lower.key if lower else None,
                        "ceiling": upper.key if upper else None, "rows": rows})  # fmt: skip
     return tables
@@ -737,7 +791,8 @@ def _table_markdown(table: dict[str, Any]) -> list[str]:
         versus = row.get("vs_baseline")
         wins = f"{versus['wins']}/{versus['n']}" if versus and versus["n"] else "-"
         gap = row.get("gap_closed")
-        lines.append(f"| {row['label']} | {row['role']} | {row['last']['n']} | {_mean_std(row['last'])} | "
+        role = row["role"] + (" (once per data seed)" if row.get("once_per_data_seed") else "")
+        lines.append(f"| {row['label']} | {role} | {row['last']['n']} | {_mean_std(row['last'])} | "
                      f"{_mean_std(row['best'])} | {_difference(versus)} | {wins} | "
                      f"{'-' if gap is None else f'{100 * gap:.0f}%'} |")  # fmt: skip
     for row in table["rows"]:
@@ -766,9 +821,10 @@ def per_class_summary(table: dict[str, Any]) -> dict[str, Any] | None:
         entry = {"label": row["label"],
                  "mean": {c: sum(r["per_class"][c] for r in runs.values()) / len(runs) for c in classes}}  # fmt: skip
         if base is not None and row is not base:
+            mine = broadcast(runs, list(base["runs"])) if row.get("once_per_data_seed") else runs
             entry["vs_baseline"] = {
                 c: paired(
-                    {p: r["per_class"][c] for p, r in runs.items()},
+                    {p: r["per_class"][c] for p, r in mine.items()},
                     {p: r["per_class"][c] for p, r in base["runs"].items()},
                 )  # fmt: skip
                 for c in classes
@@ -818,7 +874,11 @@ def markdown(payload: dict[str, Any]) -> str:
              "Differences are paired over (data seed, training seed); the interval is the 95% Student-t interval of "
              "the mean difference; wins count pairs with a positive difference; gap closed = mean(method - baseline) "
              "/ mean(ceiling - baseline), '-' where the ceiling does not beat the baseline. Best-on-val selects the "
-             "snapshot on the data it is scored on; the last snapshot is the unselected number.", ""]  # fmt: skip
+             "snapshot on the data it is scored on; the last snapshot is the unselected number."
+             + (" A row marked 'once per data seed' is trained once per data seed (training seed 0): its pairs column "
+                "and mean +- std count those runs, and every pair of a data seed is paired with its data seed's run."
+                if any(row.get("once_per_data_seed") for table in payload["tables"] for row in table["rows"])
+                else ""), ""]  # fmt: skip
     for table in payload["tables"]:
         lines += [*_table_markdown(table), ""]
         per_class = _per_class_markdown(table)
@@ -866,7 +926,8 @@ def plot(payload: dict[str, Any], path: Path) -> Path:
             if versus and versus["n"]:
                 bottom.bar(index, versus["mean"], yerr=_interval(versus), capsize=4, color=colour, alpha=0.8)
                 baseline = next(r for r in table["rows"] if r["key"] == table["baseline"])["runs"]
-                points = [run["last"] - baseline[p]["last"] for p, run in row["runs"].items() if p in baseline]
+                mine = broadcast(row["runs"], list(baseline)) if row.get("once_per_data_seed") else row["runs"]
+                points = [run["last"] - baseline[p]["last"] for p, run in mine.items() if p in baseline]
                 bottom.plot([index] * len(points), points, "k.", markersize=3)
         for axis in (top, bottom):
             axis.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
@@ -1095,6 +1156,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="a lane's pretrained start: trained once per data seed (shared, default, as issue 18 "
                         "asks) or once per pair at its training seed (per-pair: the start's own randomness is "
                         "sampled; runs and results as LANE-pp)")  # fmt: skip
+    parser.add_argument("--ceilings", choices=("once", "per-pair"), default="once",
+                        help="a table's ceiling (oracle, full labels): trained once per data seed at training seed 0 "
+                        "(once, default: the reference row costs D runs, not K x D) or once per pair (per-pair, how "
+                        "the results before it were made); the semi-curve lane's all-labels point is always per "
+                        "pair")  # fmt: skip
     parser.add_argument("--table", dest="tables", action="append", default=[], metavar="ARM",
                         help="only the table(s) holding row ARM (repeatable), with their rows' stages, e.g. --table "
                         "u2pl; the result files get -only-ARM and never fill the README")  # fmt: skip
@@ -1183,6 +1249,7 @@ def run_lane(lane: Lane, args, seeds: list[int], data_seeds: list[int], runs: Pa
         "status": counts,
         "probe": {"tag": args.tag, "sets": args.probes} if args.probes else None,
         "only": args.tables or None,
+        "ceilings": ceilings_mode(lane),
     }
     stem = f"{lane.name}-{slug}" + ("-quick" if args.quick else "") + ("" if payload["held_out"] else "-tuning")
     stem += f"-{args.tag}" if args.probes else ""
@@ -1207,6 +1274,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         lanes = [select_tables(lane, args.tables) for lane in lanes] if args.tables else lanes
         lanes = [per_pair_starts(lane) for lane in lanes] if args.starts == "per-pair" else lanes
+        lanes = [per_pair_ceilings(lane) for lane in lanes] if args.ceilings == "per-pair" else lanes
         lanes = [probe_lane(lane, args.probes, args.tag) for lane in lanes] if args.probes else lanes
     except ValueError as error:
         parser.error(str(error))

@@ -3,6 +3,8 @@ plan's identical settings across a lane's arms, and one lane end to end with --q
 
 import json
 import math
+from types import SimpleNamespace
+from unittest.mock import patch
 
 import numpy as np
 import pytest
@@ -116,8 +118,9 @@ def test_semi_curve_doubles_the_labelled_share_up_to_every_image(tmp_path):
         assert [arm.versus for arm in table.arms[1:]] == [(arm.key,) for arm in table.arms[:-1]]
 
 
-# Keys where a lane's arms may differ: the method, where the run goes, the start, and the ceiling's labelled share.
-ALLOWED = ("method", "train.run_dir", "model.pretrained", "data.labeled.fraction")
+# Keys where a lane's arms may differ: the method, where the run goes, the start, the ceiling's labelled share, and the
+# training seed (a once-per-data-seed arm trains at 0; the test checks it).
+ALLOWED = ("method", "train.run_dir", "model.pretrained", "data.labeled.fraction", "train.seed")
 
 
 def _flat(tree, prefix=""):
@@ -129,25 +132,30 @@ def _flat(tree, prefix=""):
 
 @pytest.mark.parametrize("lane", ["uda-adaptseg", "uda-init", "uda-lsd", "semi", "semi-init", "mm", "semi-curve"])
 def test_plan_trains_every_arm_of_a_table_with_identical_settings(lane, tmp_path):
+    """Per pair, the table's arms differ only in ALLOWED keys; a once-per-data-seed arm (a shared start, a ceiling)
+    runs at training seed 0 once per data seed, with the same settings as the pair's arms but for train.seed."""
     jobs = methods.plan(methods.LANES[lane], [1, 2], [3, 4], tmp_path)
-    table_arms = [arm for table in methods.LANES[lane].tables for arm in table.arms]
-    stages = methods.LANES[lane].stages
-    shared = sum(stage.once_per_data_seed for stage in stages)
-    assert len(jobs) == 4 * (len(table_arms) + len(stages) - shared) + 2 * shared
+    arms = methods.LANES[lane].arms()
+    shared = sum(arm.once_per_data_seed for arm in arms)
+    assert len(jobs) == 4 * (len(arms) - shared) + 2 * shared
     assert len({job.run_dir for job in jobs}) == len(jobs)
     by_dir = {str(job.run_dir): job for job in jobs}
     for table in methods.LANES[lane].tables:
         keys = {arm.key for arm in table.arms}
         for pair in ("d3-s1", "d4-s2"):
+            once = [job for job in jobs if job.arm.key in keys and job.arm.once_per_data_seed]
             runs = [job for job in jobs if job.arm.key in keys and job.pair == pair]
+            runs += [job for job in once if job.data_seed == int(pair[1])]
+            assert {job.arm.key for job in runs} == keys
             flats = [_flat(job.expected) for job in runs]
             differ = {
                 key for key in set().union(*flats) if len({json.dumps(f.get(key, "<absent>")) for f in flats}) > 1
             }
             other = sorted(k for k in differ if not any(k == a or k.startswith(f"{a}.") for a in ALLOWED))
             assert other == [], f"{lane}/{table.title}: arms differ in {other}"
-            data = {f["data.synthshift.seed"] for f in flats}, {f["train.seed"] for f in flats}
-            assert data == ({int(pair[1])}, {int(pair[-1])}), pair
+            assert {f["data.synthshift.seed"] for f in flats} == {int(pair[1])}, pair
+            for job, flat in zip(runs, flats, strict=True):
+                assert flat["train.seed"] == (0 if job.arm.once_per_data_seed else int(pair[-1])), job.run_dir
             assert all(f["data.val.root"].startswith(f["data.synthshift.out"]) for f in flats)
     for job in jobs:
         if job.needs:  # a start is the stage's final checkpoint on the same data seed
@@ -178,18 +186,20 @@ def test_uda_init_start_trains_on_a_separate_draw_and_every_arm_starts_from_it(t
 
 def test_quick_lane_end_to_end_and_resumable(tmp_path):
     """One lane, K = 2 x D = 1, 2 steps a run: JSON, markdown and plot; the table's values are the final eval records
-    of the runs' metrics.jsonl; a second invocation runs nothing again."""
+    of the runs' metrics.jsonl; the oracle trains once (d1-s0) and both pairs are paired with it; a second invocation
+    runs nothing again."""
     runs, out = tmp_path / "runs", tmp_path / "results"
     argv = ["--quick", "--lane", "uda-lsd", "--seeds", "1,2", "--data-seeds", "1", "--jobs", "2", "--runs", str(runs),
             "--out", str(out), "--set", "data.synthshift.count=24"]  # fmt: skip
     assert methods.main(argv) == 0
     (path,) = out.glob("uda-lsd-*-quick.json")
     payload = json.loads(path.read_text())
-    assert payload["held_out"] and payload["quick"] and payload["status"] == {"ran": 6}
+    assert payload["held_out"] and payload["quick"] and payload["status"] == {"ran": 5}
+    assert payload["ceilings"] == "once"
     (table,) = payload["tables"]
     assert [row["key"] for row in table["rows"]] == ["sourceonly", "lsdseg", "oracle"]
     for row in table["rows"]:
-        assert sorted(row["runs"]) == ["d1-s1", "d1-s2"]
+        assert sorted(row["runs"]) == (["d1-s0"] if row["key"] == "oracle" else ["d1-s1", "d1-s2"])
         for pair, run in row["runs"].items():
             lines = (runs / "uda-lsd" / row["key"] / pair / "metrics.jsonl").read_text().splitlines()
             final = [json.loads(line) for line in lines if json.loads(line)["kind"] == "eval"][-1]
@@ -199,13 +209,23 @@ def test_quick_lane_end_to_end_and_resumable(tmp_path):
     want = methods.paired({p: r["last"] for p, r in lsd["runs"].items()},
                           {p: r["last"] for p, r in table["rows"][0]["runs"].items()})  # fmt: skip
     assert lsd["vs_baseline"] == want  # floats survive the JSON round trip exactly
+    base, oracle = ({p: r["last"] for p, r in row["runs"].items()} for row in (table["rows"][0], table["rows"][2]))
+    ceiling = {pair: oracle["d1-s0"] for pair in base}  # the data seed's one oracle, seen by each of its pairs
+    assert oracle.keys() == {"d1-s0"} and table["rows"][2]["once_per_data_seed"] and table["rows"][2]["last"]["n"] == 1
+    assert table["rows"][2]["vs_baseline"] == methods.paired(ceiling, base)
+    if sum(ceiling.values()) > sum(base.values()):  # 2 steps: the oracle may not beat source-only (gap None then)
+        mean_gain = sum(r["last"] for r in lsd["runs"].values()) - sum(base.values())
+        gap = sum(ceiling.values()) - sum(base.values())
+        assert lsd["gap_closed"] == pytest.approx(mean_gain / gap, rel=1e-12)
     assert path.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| LSD-seg | method | 2 |" in path.with_suffix(".md").read_text()
+    oracle_row = "| target oracle (all target labels) | ceiling (once per data seed) | 1 |"
+    assert oracle_row in path.with_suffix(".md").read_text()
     cpu = f"`{payload['device_name']}` ({payload['cpu_model']}, {payload['cpu_capability']}"  # the page names the CPU
     assert payload["cpu_model"] and cpu in path.with_suffix(".md").read_text()
     stamps = {p: p.stat().st_mtime_ns for p in runs.glob("uda-lsd/*/*/results.json")}
     assert methods.main(argv) == 0
-    assert json.loads(path.read_text())["status"] == {"done": 6}
+    assert json.loads(path.read_text())["status"] == {"done": 5}
     assert {p: p.stat().st_mtime_ns for p in runs.glob("uda-lsd/*/*/results.json")} == stamps
     whole = path.read_bytes()  # a cut lane (--table) writes its own files, never the whole lane's
     assert methods.main([*argv, "--table", "lsdseg"]) == 0
@@ -259,9 +279,9 @@ def test_dry_run_prints_every_command_and_runs_nothing(tmp_path, capsys):
     assert methods.main(argv) == 0
     lines = capsys.readouterr().out.splitlines()
     commands = [line for line in lines if line.startswith("OMP_NUM_THREADS=1 ")]
-    assert len(commands) == 2 * 6 and all("segadapt train mm_demo_" in line for line in commands)
-    assert sum(line.endswith(": to run") for line in lines) == 12 and not runs.exists()
-    assert lines[-1] == "# cost: 12 of 12 runs to run; no measured result of this lane in the results folder to price"
+    assert len(commands) == 2 * 5 + 1 and all("segadapt train mm_demo_" in line for line in commands)  # ceiling once
+    assert sum(line.endswith(": to run") for line in lines) == 11 and not runs.exists()
+    assert lines[-1] == "# cost: 11 of 11 runs to run; no measured result of this lane in the results folder to price"
     with pytest.raises(SystemExit):
         methods.main(["--lane", "nope"])
 
@@ -285,9 +305,10 @@ def test_dry_run_prices_the_runs_to_run_at_the_lanes_measured_seconds_per_arm(tm
     argv = ["--dry-run", "--lane", "mm", "--seeds", "1-2", "--data-seeds", "5", "--runs", str(tmp_path / "runs"),
             "--out", str(out), "--jobs", "2", "--probe", "mixmatch:optim.lr=0.01", "--tag", "lr"]  # fmt: skip
     assert methods.main(argv) == 0
-    core = 2 * (sum(per_arm.values()) + per_arm["mixmatch"])  # two pairs; mixmatch@lr as mixmatch, at twice its steps
+    # two pairs (the ceiling once: one run); mixmatch@lr as mixmatch, at twice its steps
+    core = 2 * (sum(per_arm.values()) - per_arm["full"] + per_arm["mixmatch"]) + per_arm["full"]
     assert stop % 2 == 0 and capsys.readouterr().out.splitlines()[-1] == (
-        f"# cost: 12 of 12 runs to run: ~{core:.0f} core-s, ~{core / 2 / 60:.0f} min with --jobs 2, at the mean "
+        f"# cost: 11 of 11 runs to run: ~{core:.0f} core-s, ~{core / 2 / 60:.0f} min with --jobs 2, at the mean "
         "seconds per arm (per step where it differs) of the T result (AVX512+AMX, --jobs 2); 2 runs of arms it did "
         "not time"
     )
@@ -403,7 +424,7 @@ def test_table_cuts_a_lane_to_one_table_and_the_stages_its_rows_start_from(tmp_p
     lines = capsys.readouterr().out.splitlines()
     states = [line for line in lines if line.startswith("# ") and not line.startswith("# cost: ")]
     assert states == [f"# semi-init/{key}/d0-s{seed}: to run" for key, seed in
-                      (("init-v3plus", 0), ("supervised-v3plus", 1), ("u2pl@dp50", 1), ("full-v3plus", 1))]  # fmt: skip
+                      (("init-v3plus", 0), ("supervised-v3plus", 1), ("u2pl@dp50", 1), ("full-v3plus", 0))]  # fmt: skip
     with pytest.raises(SystemExit):
         methods.main(["--dry-run", "--lane", "semi-init", "--table", "nope"])
 
@@ -411,21 +432,24 @@ def test_table_cuts_a_lane_to_one_table_and_the_stages_its_rows_start_from(tmp_p
 def test_per_pair_starts_train_each_pairs_own_start_in_a_lane_of_their_own(tmp_path):
     """--starts per-pair: every stage runs once per pair at the pair's training seed (d<D>-s<S>, not d<D>-s0), each
     run starts from its own pair's stage, and the lane is LANE-pp, so no shared-start run directory is reused or
-    removed; uda-init's stage keeps its separate draw D + 1000."""
+    removed; uda-init's stage keeps its separate draw D + 1000. The ceiling, trained once per data seed at seed 0,
+    gets a start of its own at seed 0 (no pair trains one)."""
     lane = methods.per_pair_starts(methods.select_tables(methods.LANES["semi-init"], ["advsemiseg"]))
     assert lane.name == "semi-init-pp" and not any(stage.once_per_data_seed for stage in lane.stages)
     jobs = methods.plan(lane, [1, 2], [1], tmp_path)
     stages = {job.seed: job for job in jobs if job.arm.role == "stage"}
-    assert sorted(stages) == [1, 2] and all(job.run_dir.parent.parent.name == "semi-init-pp" for job in jobs)
+    assert sorted(stages) == [0, 1, 2] and all(job.run_dir.parent.parent.name == "semi-init-pp" for job in jobs)
+    assert {job.seed for job in jobs if job.arm.role == "ceiling"} == {0}
     for job in jobs:
         if job.arm.role != "stage":
             want = str(methods.final_checkpoint(stages[job.seed]))
             assert job.needs == str(stages[job.seed].run_dir) and job.expected["model"]["pretrained"] == want
     assert stages[1].expected["train"]["seed"] == 1 and stages[2].expected["train"]["seed"] == 2
     (pool,) = methods.per_pair_starts(methods.LANES["uda-init"]).stages
-    (job,) = [j for j in methods.plan(methods.per_pair_starts(methods.LANES["uda-init"]), [3], [1], tmp_path)
+    starts = [j for j in methods.plan(methods.per_pair_starts(methods.LANES["uda-init"]), [3], [1], tmp_path)
               if j.arm.key == pool.key]  # fmt: skip
-    assert (job.seed, job.expected["data"]["synthshift"]["seed"]) == (3, 1 + methods.POOL_OFFSET)
+    assert [(job.seed, job.expected["data"]["synthshift"]["seed"]) for job in starts] == [
+        (3, 1 + methods.POOL_OFFSET), (0, 1 + methods.POOL_OFFSET)]  # the pair's start, the oracle's  # fmt: skip
     with pytest.raises(ValueError, match="--starts per-pair: lane semi has no pretrained start"):
         methods.per_pair_starts(methods.LANES["semi"])
 
@@ -595,3 +619,51 @@ def test_the_demos_start_is_the_uda_init_lanes_stage_so_the_lane_measures_the_de
         job.expected["start"] == {"recipe": "", "set": []} and not job.expected["model"]["pretrained"]
         for job in scratch
     )
+
+
+def test_ceilings_per_pair_is_the_protocol_the_earlier_results_were_made_with(tmp_path, capsys):
+    """--ceilings per-pair trains each ceiling at every pair's training seed again (as the committed results before
+    the once-per-data-seed ceiling were made), nothing else changes; the semi-curve's all-labels point, paired with
+    the share below it, is per pair in both."""
+    once = methods.plan(methods.LANES["semi"], [1, 2], [3], tmp_path)
+    lane = methods.per_pair_ceilings(methods.LANES["semi"])
+    each = methods.plan(lane, [1, 2], [3], tmp_path)
+    assert (methods.ceilings_mode(methods.LANES["semi"]), methods.ceilings_mode(lane)) == ("once", "per-pair")
+    assert sorted(job.pair for job in once if job.arm.role == "ceiling") == ["d3-s0", "d3-s0"]
+    assert sorted(job.pair for job in each if job.arm.role == "ceiling") == ["d3-s1", "d3-s1", "d3-s2", "d3-s2"]
+    assert [job.run_dir for job in once if job.arm.role != "ceiling"] == [
+        job.run_dir for job in each if job.arm.role != "ceiling"
+    ]
+    assert methods.ceilings_mode(methods.LANES["semi-curve"]) == "per-pair"
+    argv = ["--dry-run", "--lane", "mm", "--seeds", "1-2", "--data-seeds", "5", "--runs", str(tmp_path / "r"),
+            "--ceilings", "per-pair"]  # fmt: skip
+    assert methods.main(argv) == 0
+    states = [line for line in capsys.readouterr().out.splitlines() if line.startswith("# mm/full/")]
+    assert states == ["# mm/full/d5-s1: to run", "# mm/full/d5-s2: to run"]
+
+
+def test_a_once_per_data_seed_ceiling_is_paired_with_every_pair_of_its_data_seed():
+    """By hand: two data seeds, two pairs each; the ceiling ran once per data seed (d<D>-s0). Its own row counts its
+    two runs; its difference to the baseline and the method's share of the gap read each pair against its data
+    seed's ceiling: gap = mean(c_D - b) over the four pairs."""
+
+    def run(value):
+        return {"last": value, "best": value + 1.0}
+
+    lane = methods.Lane("t", "", (methods.Table("t", (
+        methods.Arm("base", "b", "baseline", "demo"), methods.Arm("m", "m", "method", "demo"),
+        methods.Arm("top", "c", "ceiling", "demo", once_per_data_seed=True))),))  # fmt: skip
+    base = {"d1-s1": 10.0, "d1-s2": 12.0, "d2-s1": 20.0, "d2-s2": 22.0}
+    method = {"d1-s1": 13.0, "d1-s2": 13.0, "d2-s1": 21.0, "d2-s2": 25.0}
+    runs = {"base": {p: run(v) for p, v in base.items()}, "m": {p: run(v) for p, v in method.items()},
+            "top": {"d1-s0": run(30.0), "d2-s0": run(40.0)}}  # fmt: skip
+    jobs = [SimpleNamespace(arm=arm, pair=pair) for arm in lane.arms() for pair in runs[arm.key]]
+    with patch.object(methods, "read_run", lambda job: runs[job.arm.key][job.pair]):
+        (table,) = methods.summarize(lane, jobs)
+    _, row_m, row_c = table["rows"]
+    assert row_c["last"]["n"] == 2 and row_c["last"]["mean"] == 35.0 and row_c["once_per_data_seed"]
+    differences = [30 - 10, 30 - 12, 40 - 20, 40 - 22]
+    assert row_c["vs_baseline"]["n"] == 4 and row_c["vs_baseline"]["mean"] == sum(differences) / 4
+    assert row_c["vs_baseline_best"]["mean"] == sum(differences) / 4  # best = last + 1 for every run
+    assert row_m["gap_closed"] == pytest.approx((3 + 1 + 1 + 3) / sum(differences))
+    assert "once_per_data_seed" not in row_m
