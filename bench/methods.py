@@ -1023,6 +1023,18 @@ def _cpu_short(payload: dict[str, Any]) -> str:
     return f"{payload['cpu_capability']}{'+AMX' if payload.get('cpu_amx') else ''}"
 
 
+_LANE_ARGUMENT = re.compile(r"--lane[ =]\S+")
+
+
+def lane_commands(payloads: dict[str, dict[str, Any]], lanes: list[str]) -> str:
+    """The commands that made `lanes`' results: one line with `--lane LANE` where they differ only in the lane (or
+    lane list) they name, else each lane's own command."""
+    forms = {_LANE_ARGUMENT.sub("--lane LANE", payloads[lane]["command"]) for lane in lanes}
+    if len(forms) == 1:
+        return f"`{forms.pop()}`, LANE each lane below"
+    return "; ".join(f"{lane}: `{payloads[lane]['command']}`" for lane in lanes)
+
+
 def comparison_block(reference: dict[str, dict[str, Any]], other: dict[str, dict[str, Any]], folder: str) -> str:
     """The README's text comparing two runs of the protocol lane by lane (held-out results only): each method's paired
     difference in both, then each lane's cost in both (training core-seconds a pair; the other run's wall time, data
@@ -1032,10 +1044,9 @@ def comparison_block(reference: dict[str, dict[str, Any]], other: dict[str, dict
              and reference[lane]["held_out"] and other[lane]["held_out"]]  # fmt: skip
     if not lanes:
         return f"no held-out lane in both bench/results/methods/ and bench/results/methods/{folder}/ yet\n"
-    first = other[lanes[0]]
-    lines = [f"`bench/results/methods/{folder}/` (`{first['command']}`; each lane's own command and commit are in its "
-             "JSON) against `bench/results/methods/` (this section's lane tables), held-out pairs only; written by "
-             "`python -m segadapt.bench report`, do not edit by hand.", "",
+    lines = [f"`bench/results/methods/{folder}/` ({lane_commands(other, lanes)}) against `bench/results/methods/` "
+             "(this section's lane tables), held-out pairs only; written by `python -m segadapt.bench report`, do not "
+             "edit by hand.", "",
              f"| lane | method - baseline | `methods/`: mean [95% CI], wins | `methods/{folder}/`: mean [95% CI], "
              "wins |", "|---|---|---:|---:|"]  # fmt: skip
     for lane in lanes:

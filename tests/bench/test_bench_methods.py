@@ -509,6 +509,12 @@ def test_comparison_block_pairs_each_lanes_methods_and_costs_across_two_result_f
     ]
     # Sum of the calls' walls, and of each whole lane's training seconds over its jobs (a resumed lane in one call)
     assert "| all 2 | | | | **1.00 h** | **0.49 h** | |" in text
+    # The lanes' commands differ only in --lane: said once (the first line of the block)
+    assert text.splitlines()[2].startswith("`bench/results/methods/bf16/` (`python -m ... --lane LANE`, LANE each lane")
+    payloads = {"a": {"command": "bench --lane a --jobs 2"}, "b": {"command": "bench --lane=x,b --jobs 2"},
+                "c": {"command": "bench --lane c --jobs 1"}}  # fmt: skip
+    assert methods.lane_commands(payloads, ["a", "b"]) == "`bench --lane LANE --jobs 2`, LANE each lane below"
+    assert methods.lane_commands(payloads, ["a", "c"]) == "a: `bench --lane a --jobs 2`; c: `bench --lane c --jobs 1`"
     assert methods._cpu_short({"cpu_capability": None}) == "CPU not recorded"  # a result from before env_stamp did
     (other / "mm-cpu.json").unlink()
     (other / "uda-lsd-cpu.json").unlink()
