@@ -31,7 +31,6 @@ the official two optimizers); the discriminator loss is backpropagated once per 
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 from torch import nn
 
@@ -43,6 +42,7 @@ from segadapt.methods.base import StepContext
 from segadapt.methods.base import frozen
 from segadapt.methods.base import segmenter_optimizer
 from segadapt.methods.losses import adversarial_loss
+from segadapt.methods.losses import channel_softmax
 from segadapt.methods.losses import domain_accuracy
 from segadapt.methods.losses import label_agreement
 from segadapt.methods.losses import upsample
@@ -88,7 +88,7 @@ class AdaptSegNet(Method):
         self, net: nn.Module, pred: Tensor, label: int, size: tuple[int, int], diag: tuple[dict, str] | None = None
     ) -> Tensor:
         """GAN loss of D on softmax(pred) against `label`; with `diag` = (dict, key), also D's accuracy there."""
-        d_out = net(torch.softmax(pred, dim=1))
+        d_out = net(channel_softmax(pred))
         if diag is not None:
             diag[0][diag[1]] = domain_accuracy(d_out, label, self.cfg.gan)
         return adversarial_loss(d_out, label, self.cfg.gan, upsample_to=size if self.cfg.d_upsample_output else None)

@@ -72,6 +72,7 @@ from segadapt.methods.base import OptimizerSpec
 from segadapt.methods.base import StepContext
 from segadapt.methods.base import frozen
 from segadapt.methods.base import segmenter_optimizer
+from segadapt.methods.losses import channel_softmax
 from segadapt.methods.losses import domain_accuracy
 from segadapt.methods.losses import label_agreement
 from segadapt.methods.losses import seg_loss
@@ -149,7 +150,7 @@ class AdvSemiSeg(Method):
         """
         logits = self.net(image)["main"]
         pred = upsample(logits, tuple(image.shape[-2:]), self.cfg.align_corners)
-        return logits, pred, self.discriminators["confidence"](torch.softmax(pred, dim=1))
+        return logits, pred, self.discriminators["confidence"](channel_softmax(pred))
 
     def _unlabeled_branch(self, data: dict[str, Tensor], ctx: StepContext, losses: dict[str, Tensor]) -> Tensor:
         """Step 1: L_semi_adv (and L_semi from semi_start) on unlabelled images; returns pred detached (N, C, H, W)."""
@@ -220,7 +221,7 @@ class AdvSemiSeg(Method):
             no_ignore = torch.full(shape, cfg.pred_label, dtype=torch.uint8, device=label.device)
             fake_target = torch.cat((fake_target, no_ignore), dim=0)
         with ctx.autocast():
-            d_fake = discriminator(torch.softmax(pred, dim=1))
+            d_fake = discriminator(channel_softmax(pred))
             loss_fake = upsample_bce(d_fake, size, fake_target, align_corners=cfg.align_corners) / 2
         ctx.backward(loss_fake)
         if ctx.log_step:

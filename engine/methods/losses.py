@@ -34,6 +34,21 @@ def upsample(logits: Tensor, size: tuple[int, int], align_corners: bool) -> Tens
     return out
 
 
+def channel_softmax(x: Tensor) -> Tensor:
+    """`torch.softmax(x, dim=1)`, returned channels-last when `x` is a channels-last CPU tensor (the same values).
+
+    The CPU softmax over dim 1 of a channels-last map writes an NCHW result, and the discriminator that reads it
+    (channels-last weights) copies it back to channels-last in its first convolution's forward and again in its
+    backward. Made channels-last once here, the same bits reach the same convolution, with one copy instead of two
+    (`bench/results/softmax-sbs/`: the AdaptSegNet and AdvSemiSeg demo steps, bit-identical checkpoints). Not done on
+    CUDA, where it was not measured.
+    """
+    out = torch.softmax(x, dim=1)
+    if x.device.type == "cpu" and strictly_channels_last(x):
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
 def adversarial_loss(d_out: Tensor, label: int, gan: str, upsample_to: tuple[int, int] | None = None) -> Tensor:
     """GAN loss of discriminator logits against a constant domain label.
 

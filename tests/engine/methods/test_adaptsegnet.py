@@ -102,6 +102,36 @@ def test_single_level_has_no_aux_discriminator_and_ls_gan_uses_mse():
     torch.testing.assert_close(upsampled, want)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layout", ["nchw", "channels-last"])
+def test_channel_softmax_feeds_the_discriminator_the_same_bits(layout, dtype):
+    """channel_softmax only changes the layout D reads: softmax, D's output and every gradient (D's parameters and the
+    upsampled map's) are bitwise those of torch.softmax(pred, 1), in fp32 and under CPU bf16 autocast; a channels-last
+    map comes back channels-last (so D's first convolution makes no copy), an NCHW one NCHW."""
+    from segadapt.methods.losses import channel_softmax
+    from segadapt.models import build_discriminator
+
+    torch.manual_seed(0)
+    fmt = torch.channels_last if layout == "channels-last" else torch.contiguous_format
+    base = torch.randn(2, NUM_CLASSES, 48, 64).to(dtype=dtype, memory_format=fmt)
+    d_net = build_discriminator(NUM_CLASSES, ndf=8).to(memory_format=torch.channels_last)
+
+    def run(softmax):
+        pred = base.clone().requires_grad_()
+        d_net.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            prob = softmax(pred)
+            out = d_net(prob)
+        (out.float() * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        return prob, out, pred.grad, [p.grad.clone() for p in d_net.parameters()]
+
+    prob, out, grad, d_grads = run(channel_softmax)
+    want_prob, want_out, want_grad, want_d_grads = run(lambda x: torch.softmax(x, dim=1))
+    assert prob.is_contiguous(memory_format=fmt) and (layout == "nchw") == prob.is_contiguous()
+    assert torch.equal(prob, want_prob) and torch.equal(out, want_out) and torch.equal(grad, want_grad)
+    assert all(torch.equal(a, b) for a, b in zip(d_grads, want_d_grads, strict=True))
+
+
 def test_unknown_gan_is_named():
     cfg = config.load_dict({"model": {"name": "toy"}, "method": {"name": "adaptsegnet", "gan": "wgan"}}, "t.toml")
     with pytest.raises(ValueError, match="method.gan"):
