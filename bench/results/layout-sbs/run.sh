@@ -2,11 +2,13 @@
 # How bench/results/layout-sbs/ was measured: `bench train` rows b (fp32) and c (bf16 autocast), both channels-last,
 # at the commit before the layout change (119537d) and at be12dfb (landed as dea2752), alternating, two rounds, one thread each, the
 # machine otherwise idle. The older commit runs from a worktree through a package tree of symlinks on PYTHONPATH
-# (engine/ is installed as segadapt, so the checkout's editable install would otherwise be imported).
+# (engine/ is installed as segadapt, so the checkout's editable install would otherwise be imported). OLD, NEW,
+# OUT_DIR and RECIPES measure another pair the same way (bench/results/softmax-sbs/run.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 source .venv/bin/activate
-old=${OLD:-119537d} new=${NEW:-dea2752} scratch=$(mktemp -d)
+old=${OLD:-119537d} new=${NEW:-dea2752} scratch=$(mktemp -d) out=${OUT_DIR:-bench/results/layout-sbs}
+recipes=${RECIPES:-demo semi_demo_advsemiseg semi_demo_u2pl semi_demo_init_deeplabv2 lsd_demo mm_demo_colorize}
 git worktree add -q "$scratch/old" "$old" && git worktree add -q "$scratch/new" "$new"
 for side in old new; do
   mkdir -p "$scratch/pkg-$side/segadapt"
@@ -15,11 +17,11 @@ for side in old new; do
 done
 export OMP_NUM_THREADS=1
 for round in 1 2; do
-  for recipe in demo semi_demo_advsemiseg semi_demo_u2pl semi_demo_init_deeplabv2 lsd_demo mm_demo_colorize; do
+  for recipe in $recipes; do
     for side in old new; do
       commit=$([ "$side" = old ] && echo "$old" || echo "$new")
       PYTHONPATH="$scratch/pkg-$side" python -m segadapt.bench train "$recipe" --rows b,c --warmup 5 --steps 30 \
-        --profile-steps 10 --out "bench/results/layout-sbs/$commit-round$round" \
+        --profile-steps 10 --out "$out/$commit-round$round" \
         --note "side by side: $old then $new, alternating, round $round, OMP_NUM_THREADS=1"
     done
   done
