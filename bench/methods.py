@@ -22,8 +22,9 @@ Lanes (each run alone with --lane):
   share is also paired with the next smaller one (the gain of one doubling). Run it on the tuning data seed 0: it
   chooses the semi lanes' labelled share, so it is a setting, not a result.
 
-Every run is a subprocess `python -m segadapt train RECIPE --set ...` (one thread) into
-RUNS/<lane>/<arm>/d<D>-s<S>/; its final and best evaluation are read from that run's metrics.jsonl. A run whose
+Every run is `segadapt train RECIPE --set ...` on one thread, into RUNS/<lane>/<arm>/d<D>-s<S>/, forked from a
+server that imported the engine once (`--launch subprocess`: its own `python -m segadapt train` process, ~3 s more
+a run, the same bits); its final and best evaluation are read from that run's metrics.jsonl. A run whose
 results.json exists and whose config.json equals what the protocol would run now is not run again (resumable);
 an unfinished or stale run directory is removed and the run repeated.
 
@@ -577,35 +578,121 @@ def _log_tail(job: Job, lines: int = 6) -> str:
         return "(no train.log)"
 
 
-def _start(job: Job) -> subprocess.Popen:
+RUN_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+"""Every run trains on one thread (the protocol's cost unit; `--jobs N` runs N side by side)."""
+PRELOAD = ("segadapt.cli", "segadapt.train", "torch._dynamo")
+"""What each run would otherwise import itself, about 3 s a run on the 2-core CPU: the engine with torch and triton,
+and torch._dynamo, which the optimizers' constructors import (torch.optim's `_disable_dynamo` wrapper)."""
+
+
+def _start(job: Job, launch: str = "fork") -> subprocess.Popen | _ForkedRun:
+    """Start the run of `job` into its fresh run directory, its output in train.log.
+
+    launch "fork" (the default): a child of a fork server that imported the engine once, with OMP_NUM_THREADS=1 set
+    before its torch import, runs `segadapt.cli.main` on the job's arguments: the code and thread count of a
+    `python -m segadapt train` process, without its ~3 s of imports (bitwise the same results: the test
+    `test_a_forked_run_trains_what_the_subprocess_trains`). "subprocess": that command itself, as before.
+    """
     if job.run_dir.exists():
         shutil.rmtree(job.run_dir)  # unfinished or run with other settings: never mixed into the statistics
     job.run_dir.mkdir(parents=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    with open(job.run_dir / "train.log", "w") as log:
-        return subprocess.Popen(job.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
+    log_path = job.run_dir / "train.log"
+    if launch == "fork":
+        log_path.touch()
+        process = _fork_server().Process(target=_train_in_child, args=(job.command()[3:], str(log_path)))
+        process.start()
+        return _ForkedRun(process)
+    if launch != "subprocess":
+        raise ValueError(f"launch = {launch!r}: expected 'fork' or 'subprocess'")
+    with open(log_path, "w") as log:
+        return subprocess.Popen(job.command(), stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **RUN_ENV})
 
 
-def _finish(job: Job, returncode: int, elapsed: float) -> None:
+def _fork_server():
+    """The forkserver context whose server has imported PRELOAD under RUN_ENV (started on first use, once per
+    process; it exits with this process). RUN_ENV must be in the server's environment when it starts: OpenMP reads
+    OMP_NUM_THREADS when torch loads it, and the server loads torch for every run it forks."""
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(PRELOAD))
+    saved = {key: os.environ.get(key) for key in RUN_ENV}
+    os.environ.update(RUN_ENV)
+    try:
+        forkserver.ensure_running()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return context
+
+
+def _train_in_child(argv: list[str], log_path: str) -> None:
+    """A forked run: stdout and stderr to its train.log, then `segadapt train ...` as its own process would run it.
+    The exit status is `main`'s (multiprocessing turns SystemExit into the exit code, an exception into 1)."""
+    import torch
+
+    from segadapt.cli import main
+
+    log = os.open(log_path, os.O_WRONLY | os.O_APPEND)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    os.environ.update(RUN_ENV)  # for what the run itself starts, as a subprocess run's environment has it
+    if torch.get_num_threads() != 1:  # a fork server this process had started before, without RUN_ENV
+        torch.set_num_threads(1)
+    sys.argv = ["segadapt", *argv]
+    sys.exit(main(argv))
+
+
+class _ForkedRun:
+    """A forked run with the part of `subprocess.Popen` that `execute` uses: poll, returncode, terminate, wait."""
+
+    def __init__(self, process) -> None:
+        self.process = process
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.exitcode  # None while running, -N when a signal N ended it (Popen's convention)
+
+    def poll(self) -> int | None:
+        return self.process.exitcode
+
+    def terminate(self) -> None:
+        self.process.terminate()
+
+    def wait(self) -> int:
+        self.process.join()
+        return self.process.exitcode
+
+
+def _finish(job: Job, returncode: int, elapsed: float, launch: str = "fork") -> None:
+    try:  # the run's own count (results.json, engine.train); None for a run that did not finish
+        threads = json.loads((job.run_dir / "results.json").read_text()).get("threads")
+    except (OSError, json.JSONDecodeError):
+        threads = None
     write_json(job.run_dir / "protocol.json", {
-        "command": shlex.join(job.command()), "returncode": returncode, "elapsed_s": elapsed,
-        "threads": 1, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})  # fmt: skip
+        "command": shlex.join(job.command()), "launch": launch, "returncode": returncode, "elapsed_s": elapsed,
+        "threads": threads, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})  # fmt: skip
 
 
-def execute(jobs: list[Job], parallel: int = 1, log=print) -> dict[str, str]:
-    """Run what is not done, `parallel` at a time, a run only after its stage; returns run dir -> status
-    ("done" before, "ran", "failed" or "blocked" by a failed stage)."""
+def execute(jobs: list[Job], parallel: int = 1, log=print, launch: str = "fork") -> dict[str, str]:
+    """Run what is not done, `parallel` at a time, a run only after its stage (each started as `_start`'s
+    `launch` says); returns run dir -> status ("done" before, "ran", "failed" or "blocked" by a failed stage)."""
     status = {str(job.run_dir): "done" for job in jobs if is_done(job)}
     waiting = [job for job in jobs if str(job.run_dir) not in status]
     for job in waiting:
         if job.run_dir.exists():
             log(f"[methods] {job.lane}/{job.arm.key}/{job.pair}: {run_state(job)}; removed, runs again")
-    running: dict[str, tuple[Job, subprocess.Popen, float]] = {}
+    running: dict[str, tuple[Job, subprocess.Popen | _ForkedRun, float]] = {}
     with _terminate_raises():
         try:
             while waiting or running:
-                _launch(waiting, running, status, parallel, log)
-                _reap(running, status, log)
+                _launch(waiting, running, status, parallel, log, launch)
+                _reap(running, status, log, launch)
                 if running:
                     time.sleep(0.2)
         finally:
@@ -635,7 +722,7 @@ def _terminate_raises():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _launch(waiting: list[Job], running: dict, status: dict[str, str], parallel: int, log) -> None:
+def _launch(waiting: list[Job], running: dict, status: dict[str, str], parallel: int, log, launch: str) -> None:
     """Start waiting runs whose stage is done while fewer than `parallel` run; block those whose stage failed."""
     for job in list(waiting):
         if job.needs and status.get(job.needs) in ("failed", "blocked"):
@@ -643,17 +730,17 @@ def _launch(waiting: list[Job], running: dict, status: dict[str, str], parallel:
             waiting.remove(job)
         elif len(running) < parallel and (not job.needs or status.get(job.needs) in ("done", "ran")):
             log(f"[methods] start {job.lane}/{job.arm.key}/{job.pair}")
-            running[str(job.run_dir)] = (job, _start(job), time.perf_counter())
+            running[str(job.run_dir)] = (job, _start(job, launch), time.perf_counter())
             waiting.remove(job)
 
 
-def _reap(running: dict, status: dict[str, str], log) -> None:
+def _reap(running: dict, status: dict[str, str], log, launch: str = "fork") -> None:
     """Record the runs that ended: protocol.json with the seconds they took, and ran / failed."""
     for key, (job, process, started) in list(running.items()):
         if process.poll() is None:
             continue
         elapsed = time.perf_counter() - started
-        _finish(job, process.returncode, elapsed)
+        _finish(job, process.returncode, elapsed, launch)
         ok = process.returncode == 0 and is_done(job)
         status[key] = "ran" if ok else "failed"
         log(
@@ -1154,6 +1241,10 @@ def _parser() -> argparse.ArgumentParser:
                         f"{', '.join(LANES)} (default: all)")  # fmt: skip
     add_run_arguments(parser)
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side, one thread each (default 1)")
+    parser.add_argument("--launch", choices=("fork", "subprocess"), default="fork",
+                        help="how a run starts: forked from a server that imported the engine once (fork, "
+                        "default; ~3 s less a run, the same results) or as its own `python -m segadapt train` "
+                        "process")  # fmt: skip
     parser.add_argument("--dry-run", action="store_true", help="print the commands (and which are done); run nothing")
     parser.add_argument("--out", default=None, help="results folder (default bench/results/methods; with --quick "
                         "RUNS/results)")  # fmt: skip
@@ -1238,7 +1329,7 @@ def run_lane(lane: Lane, args, seeds: list[int], data_seeds: list[int], runs: Pa
         return 0
     started = time.perf_counter()
     data_s = ensure_data(jobs)
-    status = execute(jobs, args.jobs)
+    status = execute(jobs, args.jobs, launch=args.launch)
     device, slug = _device_slug()
     clock = {**timing(lane, jobs), "wall_s": time.perf_counter() - started, "data_s": data_s}
     counts = {state: sum(v == state for v in status.values()) for state in sorted(set(status.values()))}
@@ -1251,6 +1342,7 @@ def run_lane(lane: Lane, args, seeds: list[int], data_seeds: list[int], runs: Pa
         "seeds": seeds,
         "data_seeds": data_seeds,
         "jobs": args.jobs,
+        "launch": args.launch,
         "runs": str(runs / lane.name),
         "command": shlex.join(["python", "-m", "segadapt.bench", "methods", *argv]),
         "overrides": args.overrides,

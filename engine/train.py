@@ -260,7 +260,8 @@ def _train(cfg: Config, world: distributed.World, resume: str | None, log, fresh
     save_checkpoint(run)
     result = maybe_evaluate(run, logger, log) if cfg.data.val.dataset else {}
     logger.close()
-    summary = {"recipe": cfg.recipe, "method": cfg.method.name, "steps": run.step, "last": result, "best": run.best}
+    summary = {"recipe": cfg.recipe, "method": cfg.method.name, "steps": run.step, "last": result, "best": run.best,
+               "threads": torch.get_num_threads()}  # intra-op threads: what a run's seconds were bought with
     if world.is_main:
         checkpoint.atomic_write_json(run.run_dir / "results.json", summary)
     run.streams.close()

@@ -1,6 +1,7 @@
 """The methods protocol (bench/methods.py): its statistics against hand-computed values and published t tables, the
 plan's identical settings across a lane's arms, and one lane end to end with --quick (2 steps a run)."""
 
+import dataclasses
 import json
 import math
 from types import SimpleNamespace
@@ -333,7 +334,7 @@ def test_a_killed_protocol_stops_its_runs(tmp_path, monkeypatch):
 
     started = []
 
-    def fake_start(job):
+    def fake_start(job, launch):
         started.append(subprocess.Popen(["sleep", "60"]))
         return started[-1]
 
@@ -348,6 +349,47 @@ def test_a_killed_protocol_stops_its_runs(tmp_path, monkeypatch):
     assert stopped.value.code == 143 and len(started) == 2
     assert all(process.poll() == -signal.SIGTERM for process in started)  # terminated, not left running
     assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
+
+
+def _tensors(tree, prefix=""):
+    """Every tensor of a nested checkpoint dict/list, by path."""
+    import torch
+
+    if isinstance(tree, torch.Tensor):
+        return {prefix: tree}
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
+    return {path: t for key, value in items for path, t in _tensors(value, f"{prefix}/{key}").items()}
+
+
+def test_a_forked_run_trains_on_one_thread_what_its_own_process_trains(tmp_path):
+    """--launch fork (the default) runs `segadapt.cli.main` in a child of a server that imported the engine once,
+    instead of a `python -m segadapt train` process (--launch subprocess). Same run, both ways: the weights, the
+    optimizer state and the evaluation are bitwise equal, both trained on one thread (the run's own count in
+    results.json, copied to protocol.json), and a run that fails returns its exit status and message either way."""
+    import torch
+
+    outcome = {}
+    for launch in ("fork", "subprocess"):
+        jobs = methods.plan(methods.LANES["uda-lsd"], [1], [1], tmp_path / launch, quick=True,
+                            extra=["data.synthshift.count=24"])  # fmt: skip
+        (job,) = [job for job in jobs if job.arm.key == "lsdseg"]
+        methods.ensure_data([job])
+        assert methods.execute([job], log=lambda line: None, launch=launch) == {str(job.run_dir): "ran"}
+        protocol = json.loads((job.run_dir / "protocol.json").read_text())
+        assert (protocol["launch"], protocol["threads"], protocol["returncode"]) == (launch, 1, 0)
+        weights = _tensors(torch.load(job.run_dir / "checkpoints" / "step_0000002.pt", weights_only=True))
+        outcome[launch] = weights, json.loads((job.run_dir / "results.json").read_text())["last"]
+
+        overrides = [*job.overrides, "model.width=0"]
+        bad = dataclasses.replace(job, run_dir=job.run_dir.with_name("bad"), overrides=overrides)
+        assert methods.execute([bad], log=lambda line: None, launch=launch) == {str(bad.run_dir): "failed"}
+        assert json.loads((bad.run_dir / "protocol.json").read_text())["returncode"] == 2
+        log = (bad.run_dir / "train.log").read_text()
+        assert "segadapt: error:" in log and "key 'model.width': expected int >= 1, got 0" in log
+    (fork_weights, fork_eval), (own_weights, own_eval) = outcome["fork"], outcome["subprocess"]
+    assert fork_weights.keys() == own_weights.keys() and len(fork_weights) > 100
+    assert [key for key in fork_weights if not torch.equal(fork_weights[key], own_weights[key])] == []
+    assert (fork_eval["confusion"], fork_eval["miou"]) == (own_eval["confusion"], own_eval["miou"])
 
 
 def test_a_key_added_to_the_config_at_its_default_does_not_make_a_run_stale(tmp_path):
