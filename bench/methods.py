@@ -23,8 +23,8 @@ Lanes (each run alone with --lane):
   chooses the semi lanes' labelled share, so it is a setting, not a result.
 
 Every run is `segadapt train RECIPE --set ...` on one thread, into RUNS/<lane>/<arm>/d<D>-s<S>/, forked from a
-server that imported the engine once (`--launch subprocess`: its own `python -m segadapt train` process, ~3 s more
-a run, the same bits); its final and best evaluation are read from that run's metrics.jsonl. A run whose
+server that imported the engine once (`--launch subprocess`: its own `python -m segadapt train` process, ~2.4 s
+more a run, the same bits); its final and best evaluation are read from that run's metrics.jsonl. A run whose
 results.json exists and whose config.json equals what the protocol would run now is not run again (resumable);
 an unfinished or stale run directory is removed and the run repeated.
 
@@ -445,9 +445,12 @@ class Job:
     def pair(self) -> str:
         return f"d{self.data_seed}-s{self.seed}"
 
+    def argv(self) -> list[str]:
+        """`segadapt`'s arguments for this run: train RECIPE --set ..."""
+        return ["train", self.arm.recipe, *(part for override in self.overrides for part in ("--set", override))]
+
     def command(self) -> list[str]:
-        sets = [part for override in self.overrides for part in ("--set", override)]
-        return [sys.executable, "-m", "segadapt", "train", self.arm.recipe, *sets]
+        return [sys.executable, "-m", "segadapt", *self.argv()]
 
 
 def _quote(path: Path | str) -> str:
@@ -591,7 +594,7 @@ def _start(job: Job, launch: str = "fork") -> subprocess.Popen | _ForkedRun:
     launch "fork" (the default): a child of a fork server that imported the engine once, with OMP_NUM_THREADS=1 set
     before its torch import, runs `segadapt.cli.main` on the job's arguments: the code and thread count of a
     `python -m segadapt train` process, without its ~3 s of imports (bitwise the same results: the test
-    `test_a_forked_run_trains_what_the_subprocess_trains`). "subprocess": that command itself, as before.
+    `test_a_forked_run_trains_on_one_thread_what_its_own_process_trains`). "subprocess": that command itself.
     """
     if job.run_dir.exists():
         shutil.rmtree(job.run_dir)  # unfinished or run with other settings: never mixed into the statistics
@@ -599,7 +602,7 @@ def _start(job: Job, launch: str = "fork") -> subprocess.Popen | _ForkedRun:
     log_path = job.run_dir / "train.log"
     if launch == "fork":
         log_path.touch()
-        process = _fork_server().Process(target=_train_in_child, args=(job.command()[3:], str(log_path)))
+        process = _fork_server().Process(target=_train_in_child, args=(job.argv(), str(log_path)))
         process.start()
         return _ForkedRun(process)
     if launch != "subprocess":
