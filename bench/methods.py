@@ -662,7 +662,7 @@ class _ForkedRun:
         return self.process.exitcode  # None while running, -N when a signal N ended it (Popen's convention)
 
     def poll(self) -> int | None:
-        return self.process.exitcode
+        return self.returncode
 
     def terminate(self) -> None:
         self.process.terminate()

@@ -351,16 +351,6 @@ def test_a_killed_protocol_stops_its_runs(tmp_path, monkeypatch):
     assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
 
 
-def _tensors(tree, prefix=""):
-    """Every tensor of a nested checkpoint dict/list, by path."""
-    import torch
-
-    if isinstance(tree, torch.Tensor):
-        return {prefix: tree}
-    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
-    return {path: t for key, value in items for path, t in _tensors(value, f"{prefix}/{key}").items()}
-
-
 def test_a_forked_run_trains_on_one_thread_what_its_own_process_trains(tmp_path):
     """--launch fork (the default) runs `segadapt.cli.main` in a child of a server that imported the engine once,
     instead of a `python -m segadapt train` process (--launch subprocess). Same run, both ways: the weights, the
@@ -377,7 +367,8 @@ def test_a_forked_run_trains_on_one_thread_what_its_own_process_trains(tmp_path)
         assert methods.execute([job], log=lambda line: None, launch=launch) == {str(job.run_dir): "ran"}
         protocol = json.loads((job.run_dir / "protocol.json").read_text())
         assert (protocol["launch"], protocol["threads"], protocol["returncode"]) == (launch, 1, 0)
-        weights = _tensors(torch.load(job.run_dir / "checkpoints" / "step_0000002.pt", weights_only=True))
+        held = config.flatten(torch.load(job.run_dir / "checkpoints" / "step_0000002.pt", weights_only=True))
+        weights = {key: value for key, value in held.items() if isinstance(value, torch.Tensor)}
         outcome[launch] = weights, json.loads((job.run_dir / "results.json").read_text())["last"]
 
         overrides = [*job.overrides, "model.width=0"]
