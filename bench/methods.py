@@ -557,6 +557,10 @@ def run_state(job: Job) -> str:
         defaults = _config_defaults()
         either = {**old, **new}
         changed = [k for k in changed if not ((k in old) != (k in new) and k in defaults and either[k] == defaults[k])]
+        # A stream neither side reads (dataset "", as _data_overrides tells) cannot change what the run did.
+        unread = [f"data.{name}." for name in STREAMS if not old.get(f"data.{name}.dataset") and
+                  not new.get(f"data.{name}.dataset")]  # fmt: skip
+        changed = [k for k in changed if not k.startswith(tuple(unread))]
         if changed:
             return f"stale (settings changed: {', '.join(changed)})"
     return "done" if (job.run_dir / "results.json").is_file() else "unfinished"

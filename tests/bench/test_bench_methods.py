@@ -407,6 +407,19 @@ def test_a_key_added_to_the_config_at_its_default_does_not_make_a_run_stale(tmp_
     assert methods.run_state(job) == "done"
     (run_dir / "config.json").write_text(json.dumps({**expected, "start": {"recipe": "demo", "set": []}}))
     assert methods.run_state(job) == "stale (settings changed: start.recipe)"
+    # A stream neither side reads (demo has no labelled stream: dataset "") changes nothing the run did: a run from
+    # a `--set data.labeled.resize=...` that reached every recipe of a lane is done; the same change to a stream it
+    # reads is stale.
+    def resized(stream: str) -> dict:
+        data = {**expected["data"], stream: {**expected["data"][stream], "resize": [96, 48]}}
+        return {**expected, "data": data}
+
+    assert (expected["data"]["labeled"]["dataset"], expected["data"]["source"]["dataset"]) == ("", "gta5")
+    job.expected = expected
+    (run_dir / "config.json").write_text(json.dumps(resized("labeled")))
+    assert methods.run_state(job) == "done"
+    (run_dir / "config.json").write_text(json.dumps(resized("source")))
+    assert methods.run_state(job) == "stale (settings changed: data.source.resize)"
 
 
 def test_a_probe_overrides_one_arm_in_its_own_run_directories(tmp_path, capsys):
