@@ -407,6 +407,7 @@ def test_a_key_added_to_the_config_at_its_default_does_not_make_a_run_stale(tmp_
     assert methods.run_state(job) == "done"
     (run_dir / "config.json").write_text(json.dumps({**expected, "start": {"recipe": "demo", "set": []}}))
     assert methods.run_state(job) == "stale (settings changed: start.recipe)"
+
     # A stream neither side reads (demo has no labelled stream: dataset "") changes nothing the run did: a run from
     # a `--set data.labeled.resize=...` that reached every recipe of a lane is done; the same change to a stream it
     # reads is stale.
