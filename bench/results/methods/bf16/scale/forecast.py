@@ -1,7 +1,8 @@
 """What the six lanes would cost at 144x72 with forked runs, from measured seconds only (run from the repo root).
 
-Each arm's seconds a run at 192x96 come from the held-out lane JSONs (bench/results/methods/bf16/<lane>-x86-64-cpu.json,
-the AMD EPYC alone, subprocess runs); the factor 144x72 / 192x96 comes from the same arm run both ways on the tuning
+Each arm's seconds a run at 192x96 come from the held-out lane JSONs (192x96/<lane>-x86-64-cpu.json, copies of
+bench/results/methods/bf16/'s from before the recipes moved to 144x72; uda-lsd's is still there; the AMD EPYC alone,
+subprocess runs); the factor 144x72 / 192x96 comes from the same arm run both ways on the tuning
 pairs on one day (144x72/ and 192x96/ here), each side without the per-run start-up that `--launch fork` removes
 (FORK_S, measured on that day: the quick uda-lsd lane, 5 runs, 3 rounds alternating, 2.36 s a run). The uda-adaptseg
 and semi lanes take the factors of uda-init and semi-init (the same recipes and arms from a start; the semi lane's
@@ -32,7 +33,8 @@ def main() -> None:
     print("| lane | 192x96 core-s (min at --jobs 2) | 144x72 + fork core-s (min) | factor per arm |")
     print("|---|---:|---:|---|")
     for lane in ("uda-adaptseg", "uda-init", "uda-lsd", "semi", "semi-init", "mm"):
-        arms = per_arm(HERE.parent / f"{lane}-x86-64-cpu.json")
+        held = HERE / "192x96" / f"{lane}-x86-64-cpu.json"  # copied here when the recipes moved to 144x72
+        arms = per_arm(held if held.is_file() else HERE.parent / f"{lane}-x86-64-cpu.json")  # uda-lsd: unchanged
         factor = factors(FACTOR_LANE[lane]) if lane in FACTOR_LANE else {key: 1.0 for key in arms}
         now = sum(arm["runs"] * arm["mean_s"] for arm in arms.values())
         then = sum(arm["runs"] * (arm["mean_s"] - FORK_S) * factor[key] for key, arm in arms.items())
