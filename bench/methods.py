@@ -539,8 +539,9 @@ def plan(lane: Lane, seeds: list[int], data_seeds: list[int], runs: Path, quick:
 
 # ------------------------------------------------------------------------------------------------------ execution
 def run_state(job: Job) -> str:
-    """ "done" (results.json, the run's last write, is there and config.json equals what the protocol would run now),
-    "to run", "unfinished" or "stale (settings changed: KEYS)"; anything but done is removed and run again."""
+    """ "done" (results.json, the run's last write, is there and config.json equals what the protocol would run now,
+    but for keys one side lacks at their default and streams neither side reads), "to run", "unfinished" or "stale
+    (settings changed: KEYS)"; anything but done is removed and run again."""
     if not job.run_dir.exists():
         return "to run"
     try:

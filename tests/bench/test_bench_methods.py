@@ -385,7 +385,8 @@ def test_a_forked_run_trains_on_one_thread_what_its_own_process_trains(tmp_path)
 
 def test_a_key_added_to_the_config_at_its_default_does_not_make_a_run_stale(tmp_path):
     """config.json from before a key existed (here train.matmul_precision) still counts as done when the protocol
-    would run the key at its default: the run did what the default does. Any other difference is stale, named."""
+    would run the key at its default: the run did what the default does; so does a change to a stream neither side
+    reads. Any other difference is stale, named."""
     expected = json.loads(json.dumps(config.to_dict(config.load("demo", ['start.recipe=""', "start.set=[]"]))))
     held = json.loads(json.dumps(expected))
     del held["train"]["matmul_precision"]
